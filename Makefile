@@ -1,0 +1,50 @@
+# The two commands a new user needs: `make repro` and `make test`. Each sets up the
+# pinned virtual environment first (only when pyproject.toml or constraints.txt changed).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+UI_PORT ?= 5000
+
+# Stages run `python -m pipeline.<stage>`: the venv's python must come first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.DEFAULT_GOAL := help
+.PHONY: help install repro test lint ui bench clean-venv
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(INSTALLED) ## Create .venv with the pinned dependencies (quick when unchanged)
+
+$(INSTALLED): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \
+		"Python 3.11 is required, found " + sys.version.split()[0] + " at " + sys.executable)'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+repro: install ## Run the whole pipeline (dvc repro) on the embedded defaults
+	$(BIN)/dvc repro
+
+test: install ## Lint, then run the test suite
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install ## Lint the Python code and the Dockerfile
+	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
+
+bench: install ## Print the benchmark figures (generator)
+	$(BIN)/python -m pipeline.bench generator
+
+ui: install ## MLflow UI on 127.0.0.1 (port UI_PORT, default 5000) over the project store
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) \
+		--backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+clean-venv: ## Remove the virtual environment
+	rm -rf $(VENV)

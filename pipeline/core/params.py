@@ -1,0 +1,88 @@
+"""params.yaml sections as frozen dataclasses.
+
+Core code never reads YAML: a stage loads params.yaml (``pipeline.io.load_params``) and
+passes the section's plain dict to ``from_dict`` here, which checks names and values and
+raises ``ValueError`` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+def _check_keys(section: str, given: dict, allowed: set[str]) -> None:
+    if not isinstance(given, dict):
+        raise ValueError(
+            f"params section {section!r} must be a mapping, got {type(given).__name__}")
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in params section {section!r}; "
+                         f"allowed: {sorted(allowed)}")
+
+
+def _require(section: str, given: dict, key: str) -> Any:
+    if key not in given:
+        raise ValueError(f"params section {section!r} lacks the key {key!r}")
+    return given[key]
+
+
+@dataclass(frozen=True)
+class PathsParams:
+    """Where every stage reads and writes, relative to the project root."""
+
+    raw_dir: str = "data/raw"
+    prepared_dir: str = "data/prepared"
+    metrics_dir: str = "metrics"
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PathsParams:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        _check_keys("paths", raw, fields)
+        return cls(**{k: str(v) for k, v in raw.items()})
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """The ``data`` section: where the stamps come from and how they are split."""
+
+    source: str = "synthetic"  # "synthetic" (the twin) or "hits" (the real pickle)
+    seed: int = 42
+    hits_path: str = "data/raw/HiTS2013_100k_samples(4_channels)_images_labels.pkl"
+    synthetic_n: int = 100_000
+    synthetic_preset: str = "default"
+    synthetic_overrides: dict = dataclasses.field(default_factory=dict)
+    test_fraction: float = 0.25
+    val_fraction: float = 0.25  # of what remains after the test split
+
+    SOURCES = ("synthetic", "hits")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> DataParams:
+        _check_keys("data", raw, {"source", "seed", "hits", "synthetic", "split"})
+        hits = raw.get("hits", {}) or {}
+        synthetic = raw.get("synthetic", {}) or {}
+        split = raw.get("split", {}) or {}
+        _check_keys("data.hits", hits, {"path"})
+        _check_keys("data.synthetic", synthetic, {"n", "preset", "overrides"})
+        _check_keys("data.split", split, {"test_fraction", "val_fraction"})
+        params = cls(
+            source=str(_require("data", raw, "source")),
+            seed=int(raw.get("seed", cls.seed)),
+            hits_path=str(hits.get("path", cls.hits_path)),
+            synthetic_n=int(synthetic.get("n", cls.synthetic_n)),
+            synthetic_preset=str(synthetic.get("preset", cls.synthetic_preset)),
+            synthetic_overrides=dict(synthetic.get("overrides", {}) or {}),
+            test_fraction=float(split.get("test_fraction", cls.test_fraction)),
+            val_fraction=float(split.get("val_fraction", cls.val_fraction)),
+        )
+        if params.source not in cls.SOURCES:
+            raise ValueError(f"data.source must be one of {cls.SOURCES}, got {params.source!r}")
+        if params.synthetic_n < 1:
+            raise ValueError(f"data.synthetic.n must be >= 1, got {params.synthetic_n}")
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(params, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"data.split.{name} must be in (0, 1), got {value}")
+        return params

@@ -1,0 +1,38 @@
+"""The Dockerfile lints clean; the benchmark command prints its figures as promised."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def test_dockerfile_passes_hadolint(repo_root):
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(repo_root / "Dockerfile")], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_dvc_repro_with_volumes(repo_root):
+    text = (repo_root / "Dockerfile").read_text()
+    assert 'CMD ["dvc", "repro"]' in text
+    for volume in ("/project/data", "/project/models", "/project/mlruns"):
+        assert volume in text
+
+
+@pytest.mark.slow
+def test_generator_benchmark_prints_json_last(repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench", "generator", "--n", "300"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["n"] == 300 and figures["stamps_per_s"] > 0
+    for key in ("pixel_mean", "pixel_std", "bogus_negative_share", "real_diff_max_within_1px",
+                "accuracy_ceiling"):
+        assert key in figures
+    assert "stamps/s" in result.stdout
