@@ -30,7 +30,7 @@ def main() -> None:
               f"(preset {data.synthetic_preset!r})")
         images, labels, meta = synthetic.make_stamps(
             data.synthetic_n, seed=data.seed, preset=data.synthetic_preset,
-            **data.synthetic_overrides)
+            progress=True, **data.synthetic_overrides)
         summary["preset"] = data.synthetic_preset
         summary["accuracy_ceiling"] = synthetic.accuracy_ceiling(
             data.synthetic_preset, **data.synthetic_overrides)
