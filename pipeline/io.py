@@ -43,11 +43,17 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
     try:
         for final in finals:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            # keep the suffix: some writers (keras.Model.save) insist on it
+            fd, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}",
+                                        dir=final.parent)
             os.close(fd)
             temps.append(Path(name))
         yield temps
+        umask = os.umask(0)
+        os.umask(umask)
         for temp, final in zip(temps, finals, strict=True):
+            if temp.is_file():  # mkstemp makes 0600 files; outputs get the usual mode
+                os.chmod(temp, 0o666 & ~umask)
             os.replace(temp, final)
     finally:
         for temp in temps:
@@ -68,9 +74,30 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; expected failures print one clear line and exit 1."""
+    # TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the stage's output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         main()
     except (ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def load_split(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Arrays ``keys`` of a prepared split ``.npz`` (never unpickling objects); a clear
+    error naming the file when it is missing, unreadable or lacks a key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the stage that makes it first)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {missing}; found {npz.files}")
+            arrays = {k: npz[k] for k in keys}
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: unreadable .npz ({err})") from None
+    if "images" in arrays and not np.isfinite(arrays["images"]).all():
+        raise ValueError(f"{path}: images hold NaN or infinite values")
+    return arrays

@@ -34,7 +34,9 @@ class PathsParams:
 
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
+    models_dir: str = "models"
     metrics_dir: str = "metrics"
+    plots_dir: str = "plots"
 
     @classmethod
     def from_dict(cls, raw: dict) -> PathsParams:
@@ -85,4 +87,44 @@ class DataParams:
             value = getattr(params, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"data.split.{name} must be in (0, 1), got {value}")
+        return params
+
+
+@dataclass(frozen=True)
+class ClassifierParams:
+    """The ``classifier`` section: which net, on which channels, trained how."""
+
+    arch: str = "seed"  # seed | deephits
+    channels: tuple[int, ...] = (3,)
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    batch_size: int = 64
+    epochs: int = 100
+    patience: int = 5
+    seed: int = 42
+    hparams: dict = dataclasses.field(default_factory=dict)  # builder keywords
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ClassifierParams:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        _check_keys("classifier", raw, fields)
+        defaults = cls()
+        params = cls(
+            arch=str(raw.get("arch", defaults.arch)),
+            channels=tuple(int(c) for c in raw.get("channels", defaults.channels)),
+            optimizer=str(raw.get("optimizer", defaults.optimizer)),
+            learning_rate=float(raw.get("learning_rate", defaults.learning_rate)),
+            batch_size=int(raw.get("batch_size", defaults.batch_size)),
+            epochs=int(raw.get("epochs", defaults.epochs)),
+            patience=int(raw.get("patience", defaults.patience)),
+            seed=int(raw.get("seed", defaults.seed)),
+            hparams=dict(raw.get("hparams", {}) or {}),
+        )
+        for name in ("batch_size", "epochs"):
+            if getattr(params, name) < 1:
+                raise ValueError(f"classifier.{name} must be >= 1, got {getattr(params, name)}")
+        if params.learning_rate <= 0:
+            raise ValueError(f"classifier.learning_rate must be > 0, got {params.learning_rate}")
+        if params.patience < 0:
+            raise ValueError(f"classifier.patience must be >= 0, got {params.patience}")
         return params

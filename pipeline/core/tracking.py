@@ -113,3 +113,50 @@ def start_run(name: str, params: Mapping | None = None, tags: Mapping | None = N
         if params:
             mlflow.log_params(flatten(params))
         yield run
+
+
+def epoch_logger():
+    """A Keras callback that logs every epoch's metrics (loss, val_loss, ...) to the
+    active MLflow run, with the epoch as the step."""
+    import keras
+    import mlflow
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs:
+                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+    return EpochLogger()
+
+
+def pinned_requirements(*packages: str) -> list[str]:
+    """``name==version`` of installed ``packages``, for a logged model's requirements
+    (stating them skips MLflow's slow requirement inference)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in packages]
+
+
+def log_keras_model(model, name: str, registered_model_name: str, example, *,
+                    tags: Mapping | None = None):
+    """Log ``model`` to the active run with a signature inferred on ``example`` (a small
+    batch of stamps) and register it as a new version of ``registered_model_name``.
+    Returns the registered ``ModelVersion``."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from pipeline.core.models import layers
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    custom_objects = {f"pipeline>{cls.__name__}": cls for cls in
+                      (layers.SelectChannels, layers.RotationStack, layers.RotationPool)}
+    info = mlflow.tensorflow.log_model(
+        model, name=name, signature=signature, input_example=example,
+        custom_objects=custom_objects, registered_model_name=registered_model_name,
+        pip_requirements=pinned_requirements("tensorflow-cpu", "keras", "numpy", "mlflow"),
+    )
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(registered_model_name, info.registered_model_version)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(registered_model_name, version.version, key, str(value))
+    return version

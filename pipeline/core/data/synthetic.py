@@ -118,10 +118,9 @@ class GeneratorConfig:
 PRESETS: dict[str, GeneratorConfig] = {
     # As close to the real set as we can make it: a full CNN should pass 98 %.
     "hits": GeneratorConfig(point_like_share=0.01, label_noise=0.001),
-    # Fainter events and some label noise: a small CNN lands in the 93-97 % band.
-    "default": GeneratorConfig(
-        snr_scale=0.8, point_like_share=0.02, label_noise=0.01, misregistration_px=0.08
-    ),
+    # The spec's 2 % of point-like bogus and a little label noise: the study's small CNN
+    # lands in the 93-97 % band (it scored 94.6 % on the real set), a deep one above it.
+    "default": GeneratorConfig(point_like_share=0.02, label_noise=0.002, misregistration_px=0.06),
     "hard": GeneratorConfig(
         snr_scale=0.65,
         point_like_share=0.04,
@@ -221,7 +220,8 @@ def make_stamps(
 
     out = _allocate(n)
     pending = np.arange(n)
-    bar = tqdm(total=n, unit="stamp", desc="synthetic stamps", disable=not progress)
+    bar = tqdm(total=n, unit="stamp", desc="synthetic stamps", disable=not progress,
+               mininterval=1.0)
     for _attempt in range(50):
         for start in range(0, len(pending), _CHUNK):
             idx = pending[start : start + _CHUNK]

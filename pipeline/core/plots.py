@@ -1,0 +1,47 @@
+"""Every figure the project draws. Functions return matplotlib Figures; callers save them."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on build machines; figures are files
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+CLASS_NAMES = ("bogus", "real")
+
+
+def confusion_matrix_figure(confusion: dict, title: str = "Confusion matrix") -> plt.Figure:
+    """A 2x2 heat map from counts {"tn", "fp", "fn", "tp"} (rows: true, columns: predicted)."""
+    counts = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]])
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4, 3.6), dpi=120)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, f"{count}\n{shares[i, j]:.1%}", ha="center", va="center",
+                color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks([0, 1], CLASS_NAMES)
+    ax.set_yticks([0, 1], CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(history: dict[str, list[float]], title: str = "") -> plt.Figure:
+    """Loss and accuracy per epoch, train beside validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, history[key], label="train")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,122 @@
+"""DVC stage ``train_classifier``: train the CNN the maps explain, log it to MLflow.
+
+Reads ``<prepared_dir>/{train,val,test}.npz``; writes ``<models_dir>/classifier.keras``,
+``<metrics_dir>/train_classifier.json`` and ``<plots_dir>/train_classifier/*``; logs the
+run ``train_classifier`` and registers a new version of ``hits-classifier``.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core import plots, tracking
+from pipeline.core.classification import classification_figures
+from pipeline.core.data import synthetic
+from pipeline.core.params import ClassifierParams, DataParams, PathsParams
+from pipeline.io import atomic_paths, load_params, load_split, run_stage, write_json
+
+REGISTERED_NAME = "hits-classifier"
+
+
+def main() -> None:
+    params = load_params()
+    paths = PathsParams.from_dict(params.get("paths", {}))
+    data = DataParams.from_dict(params.get("data", {}))
+    cfg = ClassifierParams.from_dict(params.get("classifier", {}))
+    splits = {name: load_split(Path(paths.prepared_dir) / f"{name}.npz", ("images", "labels"))
+              for name in ("train", "val", "test")}
+
+    import keras  # after the data checks: a bad input fails fast, without TF start-up
+
+    from pipeline.core.models.classifiers import build_classifier, compile_classifier
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = compile_classifier(build_classifier(cfg.arch, cfg.channels, **cfg.hparams),
+                               cfg.optimizer, cfg.learning_rate)
+    out_plots = Path(paths.plots_dir) / "train_classifier"
+    with tracking.start_run("train_classifier",
+                            params={"classifier": params["classifier"], "data": params["data"]},
+                            tags={"arch": cfg.arch}) as run:
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                                restore_best_weights=True)
+        start = time.perf_counter()
+        history = model.fit(
+            splits["train"]["images"], splits["train"]["labels"],
+            validation_data=(splits["val"]["images"], splits["val"]["labels"]),
+            batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
+            callbacks=[stopper, tracking.epoch_logger()],
+            verbose=1 if sys.stdout.isatty() else 2,
+        ).history
+        seconds = time.perf_counter() - start
+
+        figures = {}
+        for name in ("val", "test"):
+            probabilities = model.predict(splits[name]["images"], batch_size=4096, verbose=0)
+            figures[name] = classification_figures(splits[name]["labels"], probabilities)
+        test_predicted = probabilities.argmax(axis=1)
+        figures["training"] = {
+            "arch": cfg.arch, "channels": list(cfg.channels), "parameters": model.count_params(),
+            "epochs_run": len(history["loss"]),
+            "best_epoch": int(np.argmin(history["val_loss"])) + 1, "seconds": seconds,
+        }
+        figures["accuracy_ceiling"] = (
+            synthetic.accuracy_ceiling(data.synthetic_preset, **data.synthetic_overrides)
+            if data.source == "synthetic" else None)
+
+        import mlflow
+
+        mlflow.log_metrics({f"{split}_{key}": value for split in ("val", "test")
+                            for key, value in figures[split].items()
+                            if isinstance(value, float)})
+        mlflow.log_metrics({"train_seconds": seconds, "parameters": model.count_params()})
+        _write_plots(out_plots, history, splits["test"]["labels"], test_predicted,
+                     figures["test"]["confusion"], cfg.arch)
+        summary: list[str] = []
+        model.summary(print_fn=lambda line, **_: summary.append(line))
+        mlflow.log_text("\n".join(summary), "model_summary.txt")
+        for png in ("confusion.png", "curves.png"):
+            mlflow.log_artifact(str(out_plots / png))
+        version = tracking.log_keras_model(
+            model, "classifier", REGISTERED_NAME, splits["val"]["images"][:4],
+            tags={"arch": cfg.arch, "test_accuracy": figures["test"]["accuracy"],
+                  "run_id": run.info.run_id})
+        figures["registered"] = {"name": REGISTERED_NAME, "version": int(version.version),
+                                 "run_id": run.info.run_id}
+
+    target = Path(paths.models_dir) / "classifier.keras"
+    with atomic_paths(target) as (temp,):
+        model.save(temp)
+    write_json(Path(paths.metrics_dir) / "train_classifier.json", figures)
+    print(f"train_classifier: {cfg.arch} test accuracy {figures['test']['accuracy']:.4f} "
+          f"(ceiling {figures['accuracy_ceiling']}), {seconds:.0f} s, "
+          f"registered {REGISTERED_NAME} v{version.version}")
+
+
+def _write_plots(out: Path, history: dict, labels, predicted, confusion: dict,
+                 arch: str) -> None:
+    """DVC plot data (history.csv, confusion.csv) and the PNGs, each written atomically."""
+    names = ["history.csv", "confusion.csv", "confusion.png", "curves.png"]
+    with atomic_paths(*(out / n for n in names)) as (history_csv, confusion_csv, cm_png,
+                                                      curves_png):
+        keys = list(history)
+        with open(history_csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch", *keys])
+            for epoch in range(len(history["loss"])):
+                writer.writerow([epoch + 1, *(f"{history[k][epoch]:.6g}" for k in keys)])
+        with open(confusion_csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["actual", "predicted"])
+            writer.writerows(zip(np.where(labels == 1, "real", "bogus"),
+                                 np.where(predicted == 1, "real", "bogus"), strict=True))
+        plots.confusion_matrix_figure(confusion, f"{arch}: test split").savefig(cm_png)
+        plots.training_curves_figure(history, f"{arch} classifier").savefig(curves_png)
+
+
+if __name__ == "__main__":
+    run_stage(main)
