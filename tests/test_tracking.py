@@ -33,6 +33,17 @@ def test_project_root_is_the_main_repository_even_from_a_worktree(tmp_path):
     assert tracking.project_root(tmp_path / "main") == main.resolve()
 
 
+def test_project_root_from_a_dvc_experiment_copy(tmp_path):
+    main = tmp_path / "main"
+    copy = main / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
+    copy.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(main)], check=True)
+    subprocess.run(["git", "init", "-q", str(copy)], check=True)  # DVC clones, not worktrees
+    assert tracking.project_root(copy) == main.resolve()
+    assert tracking.tracking_uri(tracking.project_root(copy)).startswith(
+        f"sqlite:///{main.resolve()}/mlruns/")
+
+
 def test_flatten():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": 2}) == {
         "a.b": 1, "a.c.d": "x", "e": 2}

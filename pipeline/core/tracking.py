@@ -20,16 +20,26 @@ STORE_DIR = "mlruns"
 
 
 def project_root(start: str | Path | None = None) -> Path:
-    """The main repository's root: the parent of git's common dir, else ``start``/cwd."""
+    """The main repository's root, also from a git worktree or a DVC experiment copy.
+
+    The parent of git's common dir, else ``start``/cwd; when that lies in a DVC
+    experiment copy (``<root>/.dvc/tmp/exps/...``, a separate clone made by
+    ``dvc exp run --temp/--queue``), the repository that holds that ``.dvc``.
+    """
     start = Path(start or os.getcwd()).resolve()
     try:
         common = subprocess.run(
             ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
             cwd=start, capture_output=True, text=True, check=True, timeout=10,
         ).stdout.strip()
+        root = Path(common).parent
     except (OSError, subprocess.SubprocessError):
-        return start
-    return Path(common).parent
+        root = start
+    for folder in (root, *root.parents):
+        if folder.name == "exps" and folder.parent.name == "tmp" and \
+                folder.parent.parent.name == ".dvc":
+            return folder.parent.parent.parent
+    return root
 
 
 def default_tracking_uri(root: str | Path) -> str:
