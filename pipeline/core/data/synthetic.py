@@ -91,7 +91,7 @@ class GeneratorConfig:
     """
 
     snr_scale: float = 1.0  # multiplies every drawn event SNR: < 1 is harder
-    min_snr: float = 5.0  # detection threshold on |flux SNR|
+    min_snr: float = 5.0  # detection threshold on |SNR| at the candidate pixel
     point_like_share: float = 0.02  # share of bogus indistinguishable from real
     label_noise: float = 0.0  # probability that a stamp's label is flipped
     host_share_real: float = 0.40
