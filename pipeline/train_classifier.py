@@ -70,9 +70,10 @@ def main() -> None:
 
         import mlflow
 
-        mlflow.log_metrics({f"{split}_{key}": value for split in ("val", "test")
-                            for key, value in figures[split].items()
-                            if isinstance(value, float)})
+        # "best_val_": the restored best epoch, apart from Keras's per-epoch "val_" curves.
+        for split, prefix in (("val", "best_val_"), ("test", "test_")):
+            mlflow.log_metrics({f"{prefix}{key}": value for key, value in
+                                figures[split].items() if isinstance(value, float)})
         mlflow.log_metrics({"train_seconds": seconds, "parameters": model.count_params()})
         _write_plots(out_plots, history, splits["test"]["labels"], test_predicted,
                      figures["test"]["confusion"], cfg.arch)

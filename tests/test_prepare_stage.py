@@ -149,6 +149,6 @@ def test_dvc_repro_prepare_in_a_copy_of_the_repo(tmp_path, repo_root, venv_env):
     assert again.returncode == 0
     assert "didn't change, skipping" in again.stdout
 
-    status = subprocess.run([dvc, "status"], cwd=copy, env=venv_env, capture_output=True,
+    status = subprocess.run([dvc, "status", "prepare"], cwd=copy, env=venv_env, capture_output=True,
                             text=True, timeout=600)
     assert "up to date" in status.stdout, status.stdout

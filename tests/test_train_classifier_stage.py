@@ -52,7 +52,7 @@ def test_one_epoch_writes_model_metrics_plots_run_and_version(tmp_path, repo_roo
     assert len(runs) == 1
     run = runs[0]
     assert "git_commit" in run.data.tags and run.data.params["classifier.arch"] == "seed"
-    assert "test_accuracy" in run.data.metrics
+    assert {"test_accuracy", "test_roc_auc", "best_val_accuracy"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion.png", "curves.png", "model_summary.txt"} <= artifacts
