@@ -101,3 +101,18 @@ def load_split(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]
     if "images" in arrays and not np.isfinite(arrays["images"]).all():
         raise ValueError(f"{path}: images hold NaN or infinite values")
     return arrays
+
+
+def load_classifier(path: str | Path):
+    """The trained Keras classifier at ``path`` (custom layers registered first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the train_classifier stage first)")
+    import keras
+
+    import pipeline.core.models  # noqa: F401  (registers the custom layers)
+
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path}: not a loadable Keras model ({err})") from None

@@ -34,6 +34,7 @@ class PathsParams:
 
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
+    occlusion_dir: str = "data/occlusion"
     models_dir: str = "models"
     metrics_dir: str = "metrics"
     plots_dir: str = "plots"
@@ -127,4 +128,33 @@ class ClassifierParams:
             raise ValueError(f"classifier.learning_rate must be > 0, got {params.learning_rate}")
         if params.patience < 0:
             raise ValueError(f"classifier.patience must be >= 0, got {params.patience}")
+        return params
+
+
+@dataclass(frozen=True)
+class OcclusionParams:
+    """The ``occlusion`` section: how exact maps are computed (see core/occlusion.py)."""
+
+    patch: int = 3
+    stride: int = 1
+    fill: float = 0.0
+    padding: str = "same"  # same | valid
+    reduce: str = "mean"  # mean | sum
+    target: str = "predicted"  # predicted | label
+    chunk_size: int = 32  # stamps per compiled call (chunk_size * 441 images)
+
+    TARGETS = ("predicted", "label")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> OcclusionParams:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        _check_keys("occlusion", raw, fields)
+        defaults = cls()
+        params = cls(**{name: type(getattr(defaults, name))(raw.get(name, getattr(defaults, name)))
+                        for name in fields})
+        if params.target not in cls.TARGETS:
+            raise ValueError(f"occlusion.target must be one of {cls.TARGETS}, "
+                             f"got {params.target!r}")
+        if params.chunk_size < 1:
+            raise ValueError(f"occlusion.chunk_size must be >= 1, got {params.chunk_size}")
         return params
