@@ -36,3 +36,18 @@ def test_generator_benchmark_prints_json_last(repo_root):
                 "accuracy_ceiling"):
         assert key in figures
     assert "stamps/s" in result.stdout
+
+
+@pytest.mark.slow
+def test_occlusion_benchmark_prints_json_last(repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench", "occlusion", "--arch", "seed", "--n", "8",
+         "--chunk-size", "4", "--per-stamp-n", "2"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("bound_maps_per_s", "engine_maps_per_s", "share_of_bound",
+                "per_stamp_maps_per_s", "classifier_images_per_s", "peak_rss_gb"):
+        assert figures[key] > 0, key
+    assert figures["positions"] == 441
+    assert figures["share_of_bound"] == pytest.approx(
+        figures["engine_maps_per_s"] / figures["bound_maps_per_s"])

@@ -1,0 +1,114 @@
+"""The stages after `prepare`, end to end on tiny data, with MLflow in a temp store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+
+def _run(stage, cwd, env):
+    result = subprocess.run([sys.executable, "-m", f"pipeline.{stage}"], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_chain(tmp_path_factory, repo_root):
+    """A project directory where prepare and train_classifier ran on 120 stamps, 1 epoch,
+    with MLflow in a temporary store; returns (directory, environment)."""
+    tmp_path = tmp_path_factory.mktemp("chain")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["data"]["synthetic"]["n"] = 120
+    params["classifier"].update(epochs=1, batch_size=16)
+    params["occlusion"].update(chunk_size=7)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    for stage in ("prepare", "train_classifier"):
+        _run(stage, tmp_path, env)
+    return tmp_path, env
+
+
+@pytest.mark.slow
+def test_one_epoch_writes_model_metrics_plots_run_and_version(tiny_chain):
+    tmp_path, venv_env = tiny_chain
+
+    metrics = json.loads((tmp_path / "metrics" / "train_classifier.json").read_text())
+    for split in ("val", "test"):
+        for key in ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "confusion"):
+            assert key in metrics[split], (split, key)
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert sum(metrics["test"]["confusion"].values()) == metrics["test"]["n"] == 30
+    assert metrics["training"]["parameters"] == 8112 and metrics["training"]["epochs_run"] == 1
+    plots = tmp_path / "plots" / "train_classifier"
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "confusion.csv", "confusion.png", "curves.png", "history.csv"]
+    assert (plots / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+
+    import keras
+    import mlflow
+
+    import pipeline.core.models  # noqa: F401  (registers the custom layers)
+
+    model = keras.saving.load_model(tmp_path / "models" / "classifier.keras")
+    with np.load(tmp_path / "data" / "prepared" / "test.npz") as npz:
+        stamps = npz["images"][:8]
+    expected = model.predict(stamps, verbose=0)
+
+    client = mlflow.MlflowClient(venv_env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("hits-occlusion").experiment_id],
+        filter_string="attributes.run_name = 'train_classifier'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert "git_commit" in run.data.tags and run.data.params["classifier.arch"] == "seed"
+    assert {"test_accuracy", "test_roc_auc", "best_val_accuracy"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion.png", "curves.png", "model_summary.txt"} <= artifacts
+    version = client.get_model_version("hits-classifier", "1")
+    assert version.run_id == run.info.run_id
+
+    mlflow.set_tracking_uri(venv_env["MLFLOW_TRACKING_URI"])
+    served = mlflow.tensorflow.load_model("models:/hits-classifier/1")
+    np.testing.assert_allclose(served.predict(stamps, verbose=0), expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_occlusion_maps_stage_writes_exact_maps_of_every_split(tiny_chain):
+    tmp_path, env = tiny_chain
+    _run("occlusion_maps", tmp_path, env)
+    import keras
+
+    import pipeline.core.models  # noqa: F401
+    from pipeline.core.occlusion import keras_predict_fn, occlusion_maps
+
+    model = keras.saving.load_model(tmp_path / "models" / "classifier.keras")
+    sizes = {}
+    for name in ("train", "val", "test"):
+        with np.load(tmp_path / "data" / "occlusion" / f"{name}.npz") as npz, \
+                np.load(tmp_path / "data" / "prepared" / f"{name}.npz") as prepared:
+            maps, target, base_prob = npz["maps"], npz["target"], npz["base_prob"]
+            stamps = prepared["images"]
+        sizes[name] = len(maps)
+        assert maps.shape == (len(stamps), 21, 21) and maps.dtype == np.float32
+        assert np.abs(maps).max() <= 1.0 and ((base_prob >= 0) & (base_prob <= 1)).all()
+        probabilities = model.predict(stamps, verbose=0)
+        np.testing.assert_array_equal(target, probabilities.argmax(axis=1))
+    # the stage's maps are the engine's maps for the same classifier and settings
+    again, _, _ = occlusion_maps(keras_predict_fn(model), stamps[:5])
+    np.testing.assert_allclose(maps[:5], again, atol=1e-6)
+    metrics = json.loads((tmp_path / "metrics" / "occlusion_maps.json").read_text())
+    assert metrics["settings"]["positions"] == 441 and metrics["settings"]["patch"] == 3
+    assert {name: metrics[name]["n"] for name in sizes} == sizes
+    assert metrics["maps_per_s"] > 0
