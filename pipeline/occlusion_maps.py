@@ -33,11 +33,13 @@ def main() -> None:
     cfg = OcclusionParams.from_dict(params.get("occlusion", {}))
     model = load_classifier(Path(paths.models_dir) / "classifier.keras")
 
-    from pipeline.core.occlusion import OcclusionEngine, keras_predict_fn
+    from pipeline.core.models.classifiers import seen_channels_predict_fn
+    from pipeline.core.occlusion import OcclusionEngine
 
-    engine = OcclusionEngine(keras_predict_fn(model), 21, 21, patch=cfg.patch,
-                             stride=cfg.stride, fill=cfg.fill, padding=cfg.padding,
-                             reduce=cfg.reduce)
+    predict, channels = seen_channels_predict_fn(model)
+    engine = OcclusionEngine(predict, 21, 21, patch=cfg.patch, stride=cfg.stride,
+                             fill=cfg.fill, padding=cfg.padding, reduce=cfg.reduce,
+                             channels=channels)
     summary: dict = {"settings": dataclasses.asdict(cfg) | {"positions": engine.positions}}
     out_dir = Path(paths.occlusion_dir)
     with atomic_paths(*(out_dir / f"{name}.npz" for name in SPLITS)) as temps:

@@ -199,3 +199,25 @@ def test_bad_settings_raise_clear_errors():
         occlusion_maps(predict, stamps, reduce="max")
     with pytest.raises(ValueError, match="target classes must lie in"):
         occlusion_maps(predict, stamps, target=np.array([0, 2]))
+
+
+def test_occluding_only_the_seen_channels_gives_the_same_maps():
+    from pipeline.core.models.classifiers import seen_channels_predict_fn
+
+    keras.utils.set_random_seed(5)
+    stamps = np.random.default_rng(2).random((4, 21, 21, 4)).astype(np.float32)
+    for arch, channels in (("seed", (3,)), ("deephits", (0, 2))):
+        model = build_classifier(arch, channels)
+        predict, seen = seen_channels_predict_fn(model)
+        assert seen == channels
+        full = occlusion_maps(keras_predict_fn(model), stamps)
+        selected = occlusion_maps(predict, stamps, channels=seen)
+        for a, b in zip(full, selected, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_seen_channels_of_a_plain_model_are_all(small_cnn):
+    from pipeline.core.models.classifiers import seen_channels_predict_fn
+
+    _, channels = seen_channels_predict_fn(small_cnn)
+    assert channels is None

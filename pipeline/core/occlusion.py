@@ -76,13 +76,16 @@ class OcclusionEngine:
 
     def __init__(self, predict_fn: Callable, height: int, width: int, *, patch: int = 3,
                  stride: int = 1, fill: float = 0.0, padding: str = "same",
-                 reduce: str = "mean"):
+                 reduce: str = "mean", channels: tuple[int, ...] | None = None):
+        if channels is not None and (not channels or min(channels) < 0):
+            raise ValueError(f"channels must be non-empty channel indices, got {channels!r}")
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         if not np.isfinite(fill):
             raise ValueError(f"fill must be finite, got {fill!r}")
         masks = patch_masks(height, width, patch=patch, stride=stride, padding=padding)
         self.predict_fn = predict_fn
+        self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.shape = (height, width)
         self.positions = len(masks)
         cover = masks.reshape(len(masks), -1)  # (P, H*W)
@@ -117,6 +120,12 @@ class OcclusionEngine:
             raise ValueError(f"stamps must be numeric, got dtype {stamps.dtype}")
         if int(chunk_size) != chunk_size or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if self.channels is not None:
+            if max(self.channels) >= stamps.shape[-1]:
+                raise ValueError(f"the classifier sees channels {self.channels}, but the "
+                                 f"stamps have {stamps.shape[-1]}")
+            # Unseen channels cannot change the output: copying them would only cost time.
+            stamps = stamps[..., list(self.channels)]
         stamps = stamps.astype(np.float32, copy=False)
         n = len(stamps)
         if n and not np.isfinite(stamps).all():
@@ -160,6 +169,7 @@ def occlusion_maps(
     padding: str = "same",
     reduce: str = "mean",
     target: np.ndarray | None = None,
+    channels: tuple[int, ...] | None = None,
     chunk_size: int = 64,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,6 +182,8 @@ def occlusion_maps(
     stamps : (N, H, W, C) float, finite (in [0, 1] for HiTS stamps).
     patch, stride, fill, padding, reduce : see the module docstring.
     target : (N,) int class per stamp, or None for the predicted class.
+    channels : the channels the classifier sees, or None for all. When given, only those
+        channels are occluded and ``predict_fn`` receives only them, (B, H, W, len).
     chunk_size : stamps whose occluded copies go through one call (chunk_size * P images).
     progress : show a progress bar over stamps.
 
@@ -186,7 +198,8 @@ def occlusion_maps(
     if stamps.ndim != 4:
         raise ValueError(f"stamps must have shape (N, H, W, C), got {stamps.shape}")
     engine = OcclusionEngine(predict_fn, stamps.shape[1], stamps.shape[2], patch=patch,
-                             stride=stride, fill=fill, padding=padding, reduce=reduce)
+                             stride=stride, fill=fill, padding=padding, reduce=reduce,
+                             channels=channels)
     return engine.maps(stamps, target=target, chunk_size=chunk_size, progress=progress)
 
 

@@ -89,3 +89,21 @@ def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float)
     model.compile(optimizer=make_optimizer(optimizer, learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def seen_channels_predict_fn(model: keras.Model):
+    """(predict_fn, channels) for the occlusion engine: a traceable function of the
+    channels the classifier sees, (B, H, W, len(channels)) -> (B, 2), and those channels.
+
+    A model that starts with ``SelectChannels`` is cut after it, so occluded copies need
+    only its channels (4x less copying for the SNR-only seed net); any other model gets
+    all channels: (model, None).
+    """
+    try:
+        select = model.get_layer("channels")
+    except ValueError:
+        select = None
+    if not isinstance(select, SelectChannels):
+        return (lambda stamps: model(stamps, training=False)), None
+    tail = keras.Model(select.output, model.output, name=f"{model.name}_seen_channels")
+    return (lambda stamps: tail(stamps, training=False)), select.channels
