@@ -67,7 +67,7 @@ def _print_generator(figures: dict) -> None:
 
 # Stamps per compiled call: the deep net's activations for 441 copies of 32 stamps would
 # need ~6 GB, so it takes smaller chunks.
-OCCLUSION_CHUNK = {"seed": 32, "deephits": 4}
+OCCLUSION_CHUNK = {"seed": 4, "deephits": 4}
 
 
 def _peak_rss_gb() -> float:
