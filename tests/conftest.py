@@ -33,3 +33,15 @@ def venv_env(tmp_path) -> dict[str, str]:
 def stamps_all_kinds():
     """400 stamps of the default preset: every kind at least 4 times (exact shares)."""
     return make_stamps(400, seed=7, preset="default")
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uri_variable():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ; undo that after
+    each test so one test's temporary store never leaks into the next."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

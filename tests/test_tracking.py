@@ -33,7 +33,8 @@ def test_project_root_is_the_main_repository_even_from_a_worktree(tmp_path):
     assert tracking.project_root(tmp_path / "main") == main.resolve()
 
 
-def test_project_root_from_a_dvc_experiment_copy(tmp_path):
+def test_project_root_from_a_dvc_experiment_copy(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     main = tmp_path / "main"
     copy = main / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
     copy.mkdir(parents=True)
