@@ -7,6 +7,7 @@ touches files.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import sys
@@ -70,6 +71,14 @@ def write_json(path: str | Path, payload: dict) -> None:
     """Atomically write ``payload`` as indented JSON."""
     with atomic_paths(path) as (temp,):
         temp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(file: Path, header: list[str], rows) -> None:
+    """Write ``header`` and ``rows`` to an already-chosen (temporary) path."""
+    with open(file, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def run_stage(main: Callable[[], None]) -> None:

@@ -7,7 +7,6 @@ run ``train_classifier`` and registers a new version of ``hits-classifier``.
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,14 @@ from pipeline.core import plots, tracking
 from pipeline.core.classification import classification_figures
 from pipeline.core.data import synthetic
 from pipeline.core.params import ClassifierParams, DataParams, PathsParams
-from pipeline.io import atomic_paths, load_params, load_split, run_stage, write_json
+from pipeline.io import (
+    atomic_paths,
+    load_params,
+    load_split,
+    run_stage,
+    write_csv,
+    write_json,
+)
 
 REGISTERED_NAME = "hits-classifier"
 
@@ -105,16 +111,12 @@ def _write_plots(out: Path, history: dict, labels, predicted, confusion: dict,
     with atomic_paths(*(out / n for n in names)) as (history_csv, confusion_csv, cm_png,
                                                       curves_png):
         keys = list(history)
-        with open(history_csv, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["epoch", *keys])
-            for epoch in range(len(history["loss"])):
-                writer.writerow([epoch + 1, *(f"{history[k][epoch]:.6g}" for k in keys)])
-        with open(confusion_csv, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["actual", "predicted"])
-            writer.writerows(zip(np.where(labels == 1, "real", "bogus"),
-                                 np.where(predicted == 1, "real", "bogus"), strict=True))
+        write_csv(history_csv, ["epoch", *keys],
+                  ([epoch + 1, *(f"{history[k][epoch]:.6g}" for k in keys)]
+                   for epoch in range(len(history["loss"]))))
+        names_of = np.array(["bogus", "real"])
+        write_csv(confusion_csv, ["actual", "predicted"],
+                  zip(names_of[labels], names_of[predicted], strict=True))
         plots.confusion_matrix_figure(confusion, f"{arch}: test split").savefig(cm_png)
         plots.training_curves_figure(history, f"{arch} classifier").savefig(curves_png)
 
