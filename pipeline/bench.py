@@ -28,18 +28,15 @@ def bench_generator(n: int, seed: int, preset: str) -> dict:
     images, labels, meta = synthetic.make_stamps(n, seed=seed, preset=preset)
     seconds = time.perf_counter() - start
     figures = stats.calibration_figures(images, labels, meta)
+    described = stats.describe_stamps(images, labels)
     figures.update({
         "n": n,
         "preset": preset,
         "seconds": seconds,
         "stamps_per_s": n / seconds,
         "accuracy_ceiling": synthetic.accuracy_ceiling(preset),
-        "channel_mean": dict(zip(synthetic.CHANNELS,
-                                 images.mean(axis=(0, 1, 2), dtype=np.float64).tolist(),
-                                 strict=True)),
-        "channel_std": dict(zip(synthetic.CHANNELS,
-                                images.std(axis=(0, 1, 2), dtype=np.float64).tolist(),
-                                strict=True)),
+        "channel_mean": described["channel_mean"],
+        "channel_std": described["channel_std"],
     })
     return figures
 
