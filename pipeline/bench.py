@@ -7,6 +7,7 @@ Targets:
   generator   synthetic stamps/s and the twin's calibration against the real HiTS set
   occlusion   exact-map throughput against the classifier's own bound, and a per-stamp
               implementation (one stamp's occluded copies per call, as the study did)
+  estimator   one-pass estimated maps/s (classifier pass included) against exact maps/s
 """
 
 from __future__ import annotations
@@ -62,19 +63,46 @@ def _print_generator(figures: dict) -> None:
           f"bogus mean {figures['bogus_pixel_mean']:.3f}")
 
 
-# Stamps per compiled call: the deep net's activations for 441 copies of 32 stamps would
-# need ~6 GB, so it takes smaller chunks.
+# Stamps per classifier call in the engine (x 441 occluded copies): the best of 1-32 on
+# this 2-core CPU; small batches keep the copies and activations in cache.
 OCCLUSION_CHUNK = {"seed": 4, "deephits": 4}
+SLICES = 8  # bound and engine alternate over this many slices of the stamps
 
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
+def _classifier_loop(predict):
+    """A compiled loop that classifies pre-made batches (steps, B, H, W, C) in-graph: the
+    classifier alone, with no copying and no Python overhead per batch."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def classify_all(batches):
+        outputs = tf.TensorArray(tf.float32, size=tf.shape(batches)[0])
+        for i in tf.range(tf.shape(batches)[0]):
+            outputs = outputs.write(i, tf.cast(predict(batches[i]), tf.float32))
+        return outputs.stack()
+    return classify_all
+
+
+def _seconds(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
                     per_stamp_n: int) -> dict:
     """Classifier throughput, the bound it implies, the engine's maps/s and a per-stamp
-    implementation's, on the same stamps in this process, each after a warm-up."""
+    implementation's, on the same stamps in this process, each after a warm-up.
+
+    The bound is the classifier alone, through a compiled in-graph loop, on the very
+    images the engine classifies (the occluded copies, made beforehand), at the best of a
+    few batch sizes including the engine's. The stamps are cut into ``SLICES`` slices and
+    the bound and the engine are timed alternately, slice by slice, so both see the same
+    moments of a shared CPU whose speed drifts by tens of percent within a minute."""
     import keras
     import tensorflow as tf
 
@@ -89,29 +117,38 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
     predict, channels = seen_channels_predict_fn(model)
     engine = OcclusionEngine(predict, 21, 21, channels=channels)
     positions = engine.positions
-
-    # The bound: the classifier alone on the channels it sees (no copying, no channel
-    # selection), at its best batch size among a few, including the engine's.
     seen = stamps if channels is None else stamps[..., list(channels)]
-    compiled = tf.function(predict, reduce_retracing=True)
-    images_per_s = 0.0
-    for size in sorted({2048, 8192, chunk * positions}):
-        batch = np.resize(seen, (size, *seen.shape[1:]))
-        compiled(batch)
-        repeats, start = 0, time.perf_counter()
-        while repeats < 3 or time.perf_counter() - start < 2.0:
-            compiled(batch).numpy()
-            repeats += 1
-        images_per_s = max(images_per_s, repeats * size / (time.perf_counter() - start))
-    bound = images_per_s / positions
+    masks = patch_masks(21, 21)[..., None]
+    classify_all = _classifier_loop(predict)
 
-    engine.maps(stamps[: 2 * chunk], chunk_size=chunk)  # warm-up: trace both chunk shapes
-    start = time.perf_counter()
-    engine.maps(stamps, chunk_size=chunk)
-    engine_maps_per_s = n / (time.perf_counter() - start)
+    def batches_of(part: np.ndarray, size: int) -> tf.Tensor:
+        """The occluded copies (fill 0) of ``part``, repeated up to whole batches."""
+        copies = (part[:, None] * (1.0 - masks)).reshape(-1, *seen.shape[1:])
+        steps = -(-len(copies) // size)
+        return tf.constant(np.resize(copies, (steps, size, *seen.shape[1:])))
+
+    slices = np.array_split(np.arange(n), min(SLICES, n))
+    sizes = sorted({2048, 8192, chunk * positions})
+    warm = {size: batches_of(seen[slices[0]], size) for size in sizes}
+    rates = {}
+    for size, batches in warm.items():
+        classify_all(batches)  # trace
+        rates[size] = batches.shape[0] * size / _seconds(lambda b=batches: classify_all(b))
+    best_size = max(rates, key=rates.get)
+    del warm
+    engine.maps(stamps[slices[0]], chunk_size=chunk)  # warm-up: trace the block function
+
+    bound_images = bound_seconds = engine_seconds = 0.0
+    for part in slices:
+        batches = batches_of(seen[part], best_size)
+        bound_seconds += _seconds(lambda b=batches: classify_all(b).numpy())
+        bound_images += batches.shape[0] * best_size
+        engine_seconds += _seconds(lambda p=part: engine.maps(stamps[p], chunk_size=chunk))
+    images_per_s = bound_images / bound_seconds
+    bound = images_per_s / positions
+    engine_maps_per_s = n / engine_seconds
 
     # As the study did: one stamp's occluded copies per model.predict call.
-    masks = patch_masks(21, 21)[..., None]
     per_stamp = stamps[:per_stamp_n]
     model.predict(per_stamp[0] * (1 - masks), verbose=0)
     start = time.perf_counter()
@@ -120,6 +157,7 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
     per_stamp_maps_per_s = len(per_stamp) / (time.perf_counter() - start)
     return {
         "arch": arch, "n": n, "chunk_size": chunk, "positions": positions,
+        "bound_batch_size": best_size,
         "parameters": model.count_params(),
         "classifier_images_per_s": images_per_s,
         "bound_maps_per_s": bound,
@@ -134,13 +172,84 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
 def _print_occlusion(f: dict) -> None:
     print(f"occlusion: {f['arch']} classifier ({f['parameters']} parameters), {f['n']} stamps, "
           f"{f['positions']} positions per map, chunks of {f['chunk_size']} stamps")
-    print(f"classifier throughput     {f['classifier_images_per_s']:12.0f} images/s")
+    print(f"classifier throughput     {f['classifier_images_per_s']:12.0f} images/s "
+          f"(batches of {f['bound_batch_size']})")
     print(f"bound (/ positions)       {f['bound_maps_per_s']:12.1f} maps/s")
     print(f"engine                    {f['engine_maps_per_s']:12.1f} maps/s "
           f"({f['share_of_bound']:.1%} of the bound; goal >= 90 %)")
     print(f"per-stamp model.predict   {f['per_stamp_maps_per_s']:12.1f} maps/s "
           f"(engine is {f['engine_over_per_stamp']:.1f}x faster)")
     print(f"peak resident memory      {f['peak_rss_gb']:12.2f} GB")
+
+
+ESTIMATOR_BATCH = 4096
+
+
+def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int,
+                    chunk_size: int | None) -> dict:
+    """Estimated maps/s (the explainer: classifier pass + estimator, compiled, batches of
+    ``ESTIMATOR_BATCH``) and exact maps/s (the engine) on the same stamps, timed
+    alternately over ``SLICES`` slices in this process after warm-up; their ratio.
+
+    The exact engine is slow for the deep net, so ``n`` stays small there; the estimator
+    then sees the same stamps repeated up to full batches, as a stream would fill them."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.core.models import estimators
+    from pipeline.core.models.classifiers import build_classifier, seen_channels_predict_fn
+    from pipeline.core.occlusion import OcclusionEngine
+
+    chunk = chunk_size or OCCLUSION_CHUNK[arch]
+    keras.utils.set_random_seed(seed)
+    channels = (3,) if arch == "seed" else (0, 1, 2, 3)
+    classifier = build_classifier(arch, channels)
+    stamps, _, _ = synthetic.make_stamps(n, seed=seed, preset="default")
+    dim = estimators.condition_model(classifier, condition).output.shape[-1]
+    model = estimators.build_estimator(estimator, classifier, channels, dim)
+    explainer = estimators.explainer(classifier, model, condition)
+    explain = tf.function(lambda x: explainer(x, training=False), reduce_retracing=True)
+    predict, seen = seen_channels_predict_fn(classifier)
+    engine = OcclusionEngine(predict, 21, 21, channels=seen)
+
+    slices = np.array_split(np.arange(n), min(SLICES, n))
+    batches = [tf.constant(np.resize(stamps[part], (ESTIMATOR_BATCH, 21, 21, 4)))
+               for part in slices]
+    explain(batches[0]).numpy()  # warm-up: trace
+    engine.maps(stamps[slices[0]], chunk_size=chunk)
+    estimator_seconds = engine_seconds = 0.0
+    estimated = 0
+    for part, batch in zip(slices, batches, strict=True):
+        estimator_seconds += _seconds(lambda b=batch: explain(b).numpy())
+        estimated += ESTIMATOR_BATCH
+        engine_seconds += _seconds(lambda p=part: engine.maps(stamps[p], chunk_size=chunk))
+    estimator_maps_per_s = estimated / estimator_seconds
+    exact_maps_per_s = n / engine_seconds
+    return {
+        "arch": arch, "estimator": estimator, "condition": condition, "n": n,
+        "chunk_size": chunk, "estimator_batch": ESTIMATOR_BATCH,
+        "classifier_parameters": classifier.count_params(),
+        "estimator_parameters": model.count_params(),
+        "estimator_maps_per_s": estimator_maps_per_s,
+        "exact_maps_per_s": exact_maps_per_s,
+        "speedup": estimator_maps_per_s / exact_maps_per_s,
+        "speedup_goal": SPEEDUP_GOAL[arch],
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+SPEEDUP_GOAL = {"seed": 25.0, "deephits": 441.0}
+
+
+def _print_estimator(f: dict) -> None:
+    print(f"estimator: {f['estimator']} ({f['estimator_parameters']} parameters, condition "
+          f"{f['condition']!r}) for the {f['arch']} classifier "
+          f"({f['classifier_parameters']} parameters), {f['n']} stamps")
+    print(f"estimated maps (classifier pass included) {f['estimator_maps_per_s']:12.1f} maps/s")
+    print(f"exact maps (engine, chunks of {f['chunk_size']})        "
+          f"{f['exact_maps_per_s']:12.1f} maps/s")
+    print(f"speedup                                   {f['speedup']:12.1f}x "
+          f"(goal >= {f['speedup_goal']:.0f}x)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,10 +266,20 @@ def main(argv: list[str] | None = None) -> None:
     occ.add_argument("--n", type=int, default=None,
                      help="stamps to map (default 2048 for seed, 64 for deephits)")
     occ.add_argument("--chunk-size", type=int, default=None,
-                     help="stamps per compiled call (default 32 seed, 4 deephits)")
+                     help="stamps per compiled call (classifier batch / 441; default 4)")
     occ.add_argument("--per-stamp-n", type=int, default=16,
                      help="stamps for the per-stamp implementation (default 16)")
     occ.add_argument("--seed", type=int, default=0)
+    est = sub.add_parser("estimator", help="estimated maps/s against exact maps/s")
+    est.add_argument("--arch", default="seed", choices=sorted(OCCLUSION_CHUNK),
+                     help="the classifier (default seed)")
+    est.add_argument("--estimator", default="gated_ae",
+                     choices=("seed_ae", "unet", "gated_ae"), help="default gated_ae")
+    est.add_argument("--condition", default="features", choices=("class", "margin", "features"))
+    est.add_argument("--n", type=int, default=None,
+                     help="stamps (default 2048 for seed, 64 for deephits)")
+    est.add_argument("--chunk-size", type=int, default=None)
+    est.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.target == "generator":
@@ -168,6 +287,13 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--n must be at least 2 (one real and one bogus stamp)")
         figures = bench_generator(args.n, args.seed, args.preset)
         _print_generator(figures)
+    elif args.target == "estimator":
+        n = args.n or (2048 if args.arch == "seed" else 64)
+        if n < 2:
+            parser.error("--n must be >= 2")
+        figures = bench_estimator(args.arch, args.estimator, args.condition, n, args.seed,
+                                  args.chunk_size)
+        _print_estimator(figures)
     else:
         n = args.n or (2048 if args.arch == "seed" else 64)
         if n < 2 or args.per_stamp_n < 1:

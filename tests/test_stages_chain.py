@@ -32,6 +32,7 @@ def tiny_chain(tmp_path_factory, repo_root):
     params["data"]["synthetic"]["n"] = 120
     params["classifier"].update(epochs=1, batch_size=16)
     params["occlusion"].update(chunk_size=7)
+    params["estimator"].update(epochs=1, batch_size=16)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data" / "raw").mkdir(parents=True)
     for stage in ("prepare", "train_classifier"):
@@ -84,10 +85,16 @@ def test_one_epoch_writes_model_metrics_plots_run_and_version(tiny_chain):
     np.testing.assert_allclose(served.predict(stamps, verbose=0), expected, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def tiny_maps(tiny_chain):
+    """``tiny_chain`` after the occlusion_maps stage."""
+    _run("occlusion_maps", *tiny_chain)
+    return tiny_chain
+
+
 @pytest.mark.slow
-def test_occlusion_maps_stage_writes_exact_maps_of_every_split(tiny_chain):
-    tmp_path, env = tiny_chain
-    _run("occlusion_maps", tmp_path, env)
+def test_occlusion_maps_stage_writes_exact_maps_of_every_split(tiny_maps):
+    tmp_path, env = tiny_maps
     import keras
 
     import pipeline.core.models  # noqa: F401
@@ -112,3 +119,45 @@ def test_occlusion_maps_stage_writes_exact_maps_of_every_split(tiny_chain):
     assert metrics["settings"]["positions"] == 441 and metrics["settings"]["patch"] == 3
     assert {name: metrics[name]["n"] for name in sizes} == sizes
     assert metrics["maps_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_maps):
+    tmp_path, env = tiny_maps
+    _run("train_estimator", tmp_path, env)
+    metrics = json.loads((tmp_path / "metrics" / "train_estimator.json").read_text())
+    assert metrics["training"]["epochs_run"] == 1 and metrics["training"]["train_maps"] == 67
+    report = metrics["test"]
+    assert report["overall"]["n"] == 30
+    assert {"estimate", "class_mean", "zero", "mse_skill"} <= set(report["overall"])
+    assert set(report["by_amplitude"]) == {"<0.01", "0.01-0.05", "0.05-0.2", ">=0.2"}
+    assert {"real_median_r", "bogus_mean_ssim", "mse_skill_overall"} <= set(report["headline"])
+    assert metrics["registered"] == {"name": "occlusion-estimator", "version": 1,
+                                     "run_id": metrics["registered"]["run_id"]}
+    assert (tmp_path / "plots" / "train_estimator" / "gallery.png").stat().st_size > 10_000
+
+    import keras
+    import mlflow
+
+    import pipeline.core.models  # noqa: F401
+
+    explainer = keras.saving.load_model(tmp_path / "models" / "estimator.keras", compile=False)
+    with np.load(tmp_path / "data" / "prepared" / "test.npz") as npz:
+        stamps = npz["images"][:8]
+    expected = explainer.predict(stamps, verbose=0)
+    assert expected.shape == (8, 21, 21)
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(metrics["registered"]["run_id"])
+    assert run.info.run_name == "train_estimator" and run.data.params["estimator.epochs"] == "1"
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
+    assert "gallery.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "test_mse_skill_overall" in run.data.metrics
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    served = mlflow.pyfunc.load_model("models:/occlusion-estimator/1")
+    np.testing.assert_allclose(served.predict(stamps), expected, atol=1e-6)
+    bad = stamps.copy()
+    bad[2, 3, 3, 1] = np.nan
+    with pytest.raises(Exception, match="NaN"):
+        served.predict(bad)

@@ -141,7 +141,7 @@ class OcclusionParams:
     padding: str = "same"  # same | valid
     reduce: str = "mean"  # mean | sum
     target: str = "predicted"  # predicted | label
-    chunk_size: int = 32  # stamps per compiled call (chunk_size * 441 images)
+    chunk_size: int = 4  # stamps per classifier batch (chunk_size * 441 images)
 
     TARGETS = ("predicted", "label")
 
@@ -157,4 +157,55 @@ class OcclusionParams:
                              f"got {params.target!r}")
         if params.chunk_size < 1:
             raise ValueError(f"occlusion.chunk_size must be >= 1, got {params.chunk_size}")
+        return params
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    """The ``estimator`` section: the one-pass map estimator and its training
+    (see core/models/estimators.py)."""
+
+    arch: str = "gated_ae"  # seed_ae | unet | gated_ae
+    condition: str = "features"  # class | margin | features
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    batch_size: int = 128
+    epochs: int = 40
+    patience: int = 4
+    shape_weight: float = 0.1  # weight of the amplitude-relative loss term
+    train_limit: int = 0  # use at most this many training maps (0: all)
+    seed: int = 42
+    copy_weights: bool = True
+    freeze_encoder: bool = True
+    hparams: dict = dataclasses.field(default_factory=dict)  # builder keywords
+
+    ARCHS = ("seed_ae", "unet", "gated_ae")
+    CONDITIONS = ("class", "margin", "features")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> EstimatorParams:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        _check_keys("estimator", raw, fields)
+        defaults = cls()
+        values = {}
+        for name in fields - {"hparams"}:
+            value = raw.get(name, getattr(defaults, name))
+            kind = type(getattr(defaults, name))
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError(f"estimator.{name} must be true or false, got {value!r}")
+            values[name] = kind(value)
+        params = cls(**values, hparams=dict(raw.get("hparams", {}) or {}))
+        if params.arch not in cls.ARCHS:
+            raise ValueError(f"estimator.arch must be one of {cls.ARCHS}, got {params.arch!r}")
+        if params.condition not in cls.CONDITIONS:
+            raise ValueError(f"estimator.condition must be one of {cls.CONDITIONS}, "
+                             f"got {params.condition!r}")
+        for name in ("batch_size", "epochs"):
+            if getattr(params, name) < 1:
+                raise ValueError(f"estimator.{name} must be >= 1, got {getattr(params, name)}")
+        if params.learning_rate <= 0 or params.shape_weight < 0 or params.train_limit < 0:
+            raise ValueError("estimator.learning_rate must be > 0, shape_weight and "
+                             "train_limit >= 0")
+        if params.patience < 0:
+            raise ValueError(f"estimator.patience must be >= 0, got {params.patience}")
         return params

@@ -45,3 +45,39 @@ def training_curves_figure(history: dict[str, list[float]], title: str = "") -> 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+CHANNEL_NAMES = ("template", "science", "difference", "SNR diff.")
+
+
+def map_gallery_figure(stamps: np.ndarray, exact: np.ndarray, estimate: np.ndarray,
+                       captions: list[str], title: str = "") -> plt.Figure:
+    """One row per stamp: its four channels (grey, [0, 1]), the exact map, the estimated
+    map (both on one symmetric colour scale per row) and their difference.
+
+    stamps (N, 21, 21, 4) in [0, 1]; exact, estimate (N, 21, 21) raw maps; captions N
+    strings shown at the row's left.
+    """
+    n = len(stamps)
+    fig, axes = plt.subplots(n, 7, figsize=(10.5, 1.6 * n + 0.6), dpi=100, squeeze=False)
+    headers = [*CHANNEL_NAMES, "exact map", "estimate", "estimate - exact"]
+    for row in range(n):
+        scale = max(float(np.abs(exact[row]).max()), float(np.abs(estimate[row]).max()), 1e-6)
+        difference = estimate[row] - exact[row]
+        panels = [(stamps[row, ..., c], "gray", 0.0, 1.0) for c in range(stamps.shape[-1])]
+        panels += [(exact[row], "RdBu_r", -scale, scale), (estimate[row], "RdBu_r", -scale, scale),
+                   (difference, "RdBu_r", -scale, scale)]
+        for col, (image, cmap, low, high) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(image, cmap=cmap, vmin=low, vmax=high)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(headers[col], fontsize=8)
+        axes[row, 0].set_ylabel(captions[row], fontsize=7)
+        axes[row, 6].text(1.05, 0.5, f"±{scale:.3f}", transform=axes[row, 6].transAxes,
+                          fontsize=7, va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

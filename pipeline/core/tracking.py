@@ -165,8 +165,14 @@ def log_keras_model(model, name: str, registered_model_name: str, example, *,
         custom_objects=custom_objects, registered_model_name=registered_model_name,
         pip_requirements=pinned_requirements("tensorflow-cpu", "keras", "numpy", "mlflow"),
     )
+    return tagged_version(registered_model_name, info.registered_model_version, tags)
+
+
+def tagged_version(registered_model_name: str, version: str | int, tags: Mapping | None = None):
+    """The registered ``ModelVersion``, after setting ``tags`` on it."""
+    import mlflow
+
     client = mlflow.MlflowClient()
-    version = client.get_model_version(registered_model_name, info.registered_model_version)
     for key, value in (tags or {}).items():
-        client.set_model_version_tag(registered_model_name, version.version, key, str(value))
-    return version
+        client.set_model_version_tag(registered_model_name, str(version), key, str(value))
+    return client.get_model_version(registered_model_name, str(version))

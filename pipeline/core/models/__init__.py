@@ -1,4 +1,5 @@
-"""Model builders. Importing this package registers the custom layers that saved models
-need (``keras.saving.load_model`` finds them by their registered names)."""
+"""Model builders. Importing this package registers the custom layers and the loss that
+saved models need (``keras.saving.load_model`` finds them by their registered names)."""
 
+from pipeline.core.models import estimators as estimators  # noqa: F401  (registers the loss)
 from pipeline.core.models import layers as layers  # noqa: F401  (registers custom layers)

@@ -67,3 +67,60 @@ class RotationPool(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         batch = None if input_shape[0] is None else input_shape[0] // 4
         return (batch, *input_shape[1:])
+
+
+# Softmax margins beyond this many nats are all "saturated": their maps are ~0 anyway.
+MARGIN_CAP = 30.0
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class ClassCondition(keras.layers.Layer):
+    """(B, K) class probabilities -> (B, K) one-hot predicted class, or with
+    ``margin=True`` (B, K + 1): the one-hot class and the predicted class's log-odds
+    margin over the runner-up, log p_max - log p_2nd, clipped to [0, MARGIN_CAP] and
+    divided by 10 (so in [0, 3]).
+
+    The margin tells an estimator how saturated the softmax is, which sets how large the
+    map's drops can be: a patch moves a probability of 0.9999 much less than one of 0.6.
+    """
+
+    def __init__(self, margin: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = bool(margin)
+
+    def call(self, probabilities):
+        n_classes = ops.shape(probabilities)[-1]
+        one_hot = ops.one_hot(ops.argmax(probabilities, axis=-1), n_classes,
+                              dtype=probabilities.dtype)
+        if not self.margin:
+            return one_hot
+        top2 = ops.top_k(probabilities, 2)[0]
+        log_top2 = ops.log(ops.maximum(top2, 1e-37))
+        margin = ops.clip(log_top2[:, :1] - log_top2[:, 1:], 0.0, MARGIN_CAP) / 10.0
+        return ops.concatenate([one_hot, margin], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + int(self.margin))
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class TileCondition(keras.layers.Layer):
+    """(B, D) condition vector -> (B, height, width, D) planes, to concatenate with
+    feature maps of that size."""
+
+    def __init__(self, height: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.height, self.width = int(height), int(width)
+
+    def call(self, condition):
+        planes = ops.expand_dims(ops.expand_dims(condition, 1), 1)
+        return ops.tile(planes, (1, self.height, self.width, 1))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}

@@ -1,0 +1,238 @@
+"""One-pass occlusion-map estimators: predict the exact map of a stamp in one forward pass.
+
+An estimator is a ``keras.Model`` with two inputs, the stamps (B, 21, 21, 4) float32 in
+[0, 1] (it selects the classifier's channels itself) and a condition vector (B, D) that
+comes from one pass of the classifier (see ``condition_model``), and one output, the raw
+map (B, 21, 21) in [-1, 1]. ``explainer`` joins classifier and estimator into one model
+stamps -> map, which is what is saved, registered and served.
+
+Variants (``ESTIMATORS``):
+
+- ``seed_ae``: the original study's best model. An encoder mirroring the classifier's conv
+  layers up to its first pooling (weights copied from the trained classifier, frozen), a
+  dense bottleneck with the condition concatenated, and a decoder back to 21x21 through
+  one transposed convolution at 11x11.
+- ``unet``: a small U-Net (21x21 padded to 24x24, two poolings, skip connections) with the
+  condition tiled onto the bottleneck. Full resolution: slower.
+- ``gated_ae``: aimed at the bogus class. The seed_ae trunk, conditioned also on the
+  softmax margin and the classifier's penultimate features; the decoder predicts the
+  map's SHAPE (tanh, [-1, 1]) and a separate head its AMPLITUDE (sigmoid, [0, 1]) from
+  the condition and the bottleneck; map = amplitude x shape. Bogus maps span orders of
+  magnitude in amplitude (a saturated softmax hardly moves), which one decoder fitting
+  raw values learns badly; with the amplitude split off, the shape is learned at unit
+  scale. Trained with ``relative_map_loss`` so small maps count.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from pipeline.core.models.layers import ClassCondition, SelectChannels, TileCondition
+
+MAP_SHAPE = (21, 21)
+STAMP_SHAPE = (21, 21, 4)
+CONDITIONS = ("class", "margin", "features")
+
+
+def condition_model(classifier: keras.Model, condition: str = "class") -> keras.Model:
+    """stamps (B, 21, 21, 4) -> condition (B, D), from the classifier (frozen, inference).
+
+    ``class``: one-hot predicted class (D = 2); ``margin``: plus the scaled log-odds
+    margin (D = 3, see ``ClassCondition``); ``features``: plus the classifier's
+    penultimate activations (the input of its ``probabilities`` layer).
+    """
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    classifier.trainable = False
+    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    if condition == "features":
+        head = classifier.get_layer("probabilities")
+        tapped = keras.Model(classifier.input, [classifier.output, head.input],
+                             name=f"{classifier.name}_tapped")
+        probabilities, features = tapped(stamps, training=False)
+        vector = layers.Concatenate(name="condition")(
+            [ClassCondition(margin=True, name="class_margin")(probabilities), features])
+    else:
+        probabilities = classifier(stamps, training=False)
+        vector = ClassCondition(margin=condition == "margin", name="condition")(probabilities)
+    return keras.Model(stamps, vector, name="condition_model")
+
+
+def mirror_spec(classifier: keras.Model) -> list[dict]:
+    """The classifier's conv layers up to its first pooling, as
+    [{name, filters, kernel_size, activation, slope}] (slope: a LeakyReLU's, or None)."""
+    spec: list[dict] = []
+    model_layers = classifier.layers
+    for index, layer in enumerate(model_layers):
+        if isinstance(layer, layers.MaxPooling2D):
+            break
+        if isinstance(layer, layers.Conv2D):
+            follower = model_layers[index + 1] if index + 1 < len(model_layers) else None
+            slope = (float(follower.negative_slope)
+                     if isinstance(follower, layers.LeakyReLU) else None)
+            spec.append({"name": layer.name, "filters": layer.filters,
+                         "kernel_size": tuple(layer.kernel_size),
+                         "activation": keras.activations.serialize(layer.activation),
+                         "slope": slope})
+    if not spec:
+        raise ValueError(f"classifier {classifier.name!r} has no conv layer before its "
+                         "first pooling to mirror")
+    return spec
+
+
+def _encoder(x, spec: list[dict]):
+    """The mirrored conv layers (named ``enc_<classifier layer>``) and a 2x2 pooling."""
+    for conv in spec:
+        x = layers.Conv2D(conv["filters"], conv["kernel_size"], padding="same",
+                          activation=conv["activation"], name=f"enc_{conv['name']}")(x)
+        if conv["slope"] is not None:
+            x = layers.LeakyReLU(negative_slope=conv["slope"], name=f"enc_{conv['name']}_act")(x)
+    return layers.MaxPooling2D(2, name="enc_pool")(x)  # 21 -> 10
+
+
+def _decoder(x, filters: int, activation: str, name: str):
+    """Dense code -> (B, 21, 21) through 11x11 maps and one transposed convolution."""
+    x = layers.Dense(11 * 11 * filters, activation="relu", name=f"{name}_dense")(x)
+    x = layers.Reshape((11, 11, filters), name=f"{name}_grid")(x)
+    x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu",
+                               name=f"{name}_up")(x)  # 22x22
+    x = layers.Cropping2D(((0, 1), (0, 1)), name=f"{name}_crop")(x)
+    x = layers.Conv2D(1, 3, padding="same", activation=activation, name=f"{name}_out")(x)
+    return layers.Reshape(MAP_SHAPE, name=f"{name}_map")(x)
+
+
+def build_seed_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
+                  decoder_filters: int = 8, name: str = "seed_ae") -> keras.Model:
+    """[stamps (B,21,21,4), condition (B,D)] -> map (B,21,21) in [-1, 1]."""
+    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    condition = keras.Input((condition_dim,), name="condition")
+    x = SelectChannels(channels, name="channels")(stamps)
+    x = layers.Flatten(name="enc_flatten")(_encoder(x, spec))
+    x = layers.Dense(bottleneck, activation="relu", name="bottleneck")(x)
+    x = layers.Concatenate(name="conditioned")([x, condition])
+    x = layers.Dense(bottleneck, activation="relu", name="code")(x)
+    maps = _decoder(x, decoder_filters, "tanh", "dec")
+    return keras.Model([stamps, condition], maps, name=name)
+
+
+def build_gated_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
+                   decoder_filters: int = 8, name: str = "gated_ae") -> keras.Model:
+    """[stamps (B,21,21,4), condition (B,D)] -> amplitude (B,1,1) x shape (B,21,21)."""
+    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    condition = keras.Input((condition_dim,), name="condition")
+    x = SelectChannels(channels, name="channels")(stamps)
+    x = layers.Flatten(name="enc_flatten")(_encoder(x, spec))
+    x = layers.Dense(bottleneck, activation="relu", name="bottleneck")(x)
+    x = layers.Concatenate(name="conditioned")([x, condition])
+    code = layers.Dense(bottleneck, activation="relu", name="code")(x)
+    shape = _decoder(code, decoder_filters, "tanh", "shape")
+    gate = layers.Dense(bottleneck // 2, activation="relu", name="amplitude_hidden")(
+        layers.Concatenate(name="amplitude_in")([code, condition]))
+    amplitude = layers.Dense(1, activation="sigmoid", name="amplitude")(gate)
+    amplitude = layers.Reshape((1, 1), name="amplitude_grid")(amplitude)
+    maps = layers.Multiply(name="map")([shape, amplitude])
+    return keras.Model([stamps, condition], maps, name=name)
+
+
+def build_unet(channels, condition_dim: int, spec: list[dict] | None = None, *,
+               base_filters: int = 16, name: str = "unet") -> keras.Model:
+    """[stamps (B,21,21,4), condition (B,D)] -> map (B,21,21) in [-1, 1]."""
+
+    def block(x, filters, label):
+        for i in (1, 2):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                              name=f"{label}_conv{i}")(x)
+        return x
+
+    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    condition = keras.Input((condition_dim,), name="condition")
+    x = SelectChannels(channels, name="channels")(stamps)
+    x = layers.ZeroPadding2D(((1, 2), (1, 2)), name="pad")(x)  # 24x24
+    skip1 = block(x, base_filters, "down1")
+    skip2 = block(layers.MaxPooling2D(2, name="pool1")(skip1), 2 * base_filters, "down2")
+    x = layers.MaxPooling2D(2, name="pool2")(skip2)  # 6x6
+    x = layers.Concatenate(name="conditioned")([x, TileCondition(6, 6, name="tile")(condition)])
+    x = block(x, 4 * base_filters, "middle")
+    x = layers.Conv2DTranspose(2 * base_filters, 2, strides=2, name="up2")(x)
+    x = block(layers.Concatenate(name="skip2")([x, skip2]), 2 * base_filters, "dec2")
+    x = layers.Conv2DTranspose(base_filters, 2, strides=2, name="up1")(x)
+    x = block(layers.Concatenate(name="skip1")([x, skip1]), base_filters, "dec1")
+    x = layers.Conv2D(1, 1, activation="tanh", name="out")(x)
+    x = layers.Cropping2D(((1, 2), (1, 2)), name="crop")(x)
+    maps = layers.Reshape(MAP_SHAPE, name="map")(x)
+    return keras.Model([stamps, condition], maps, name=name)
+
+
+ESTIMATORS = {"seed_ae": build_seed_ae, "unet": build_unet, "gated_ae": build_gated_ae}
+
+
+def build_estimator(arch: str, classifier: keras.Model, channels, condition_dim: int, *,
+                    copy_weights: bool = True, freeze_encoder: bool = True,
+                    **hparams) -> keras.Model:
+    """The ``arch`` estimator for ``classifier`` (which sees ``channels``), its mirrored
+    encoder layers initialised from the classifier's weights and frozen when asked."""
+    if arch not in ESTIMATORS:
+        raise ValueError(f"unknown estimator arch {arch!r}; choose one of {sorted(ESTIMATORS)}")
+    spec = mirror_spec(classifier)
+    model = ESTIMATORS[arch](tuple(channels), condition_dim, spec, **hparams)
+    if arch != "unet" and copy_weights:
+        copy_encoder_weights(model, classifier, spec, freeze=freeze_encoder)
+    return model
+
+
+def copy_encoder_weights(estimator: keras.Model, classifier: keras.Model, spec: list[dict],
+                         *, freeze: bool = True) -> list[str]:
+    """Copy each mirrored conv layer's weights from the classifier where the shapes match
+    (a deephits classifier's first conv sees 4 channels, so does its mirror); returns the
+    names of the copied layers, which are frozen when ``freeze``."""
+    copied = []
+    for conv in spec:
+        source = classifier.get_layer(conv["name"])
+        mirror = estimator.get_layer(f"enc_{conv['name']}")
+        weights = source.get_weights()
+        if [w.shape for w in weights] == [w.shape for w in mirror.get_weights()]:
+            mirror.set_weights(weights)
+            mirror.trainable = not freeze
+            copied.append(conv["name"])
+    return copied
+
+
+def explainer(classifier: keras.Model, estimator: keras.Model, condition: str) -> keras.Model:
+    """stamps (B, 21, 21, 4) -> estimated maps (B, 21, 21): the classifier pass that
+    conditions the estimator and the estimator, in one self-contained model."""
+    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    vector = condition_model(classifier, condition)(stamps)
+    return keras.Model(stamps, estimator([stamps, vector]), name=f"{estimator.name}_explainer")
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class RelativeMapLoss(keras.losses.Loss):
+    """Loss on raw maps (B, 21, 21): MSE plus ``shape_weight`` x the MSE of the error
+    divided by the exact map's squared amplitude (max |d|, at least ``floor``).
+
+    Plain MSE is ruled by the few large real-class maps; the relative term gives a map of
+    amplitude 0.02 as much say in its shape as one of 0.8, which is what per-map r and
+    SSIM on the bogus class ask for. ``floor`` keeps empty maps from being blown up.
+    """
+
+    def __init__(self, shape_weight: float = 0.0, floor: float = 0.01, name="relative_map_loss",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.shape_weight = float(shape_weight)
+        self.floor = float(floor)
+
+    def call(self, y_true, y_pred):
+        mse = ops.mean(ops.square(y_pred - y_true), axis=(1, 2))
+        if not self.shape_weight:
+            return mse
+        scale = ops.maximum(ops.max(ops.abs(y_true), axis=(1, 2)), self.floor)
+        return mse + self.shape_weight * mse / ops.square(scale)
+
+    def get_config(self):
+        return {**super().get_config(), "shape_weight": self.shape_weight, "floor": self.floor}
+
+
+def relative_map_loss(shape_weight: float = 0.0, floor: float = 0.01) -> RelativeMapLoss:
+    """The estimators' training loss (see ``RelativeMapLoss``)."""
+    return RelativeMapLoss(shape_weight, floor)

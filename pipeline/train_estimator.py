@@ -1,0 +1,182 @@
+"""DVC stage ``train_estimator``: learn to predict the exact maps in one forward pass.
+
+Reads ``<prepared_dir>/{train,val,test}.npz``, ``<occlusion_dir>/{train,val,test}.npz`` and
+``<models_dir>/classifier.keras``; writes ``<models_dir>/estimator.keras`` (the explainer:
+classifier pass + estimator, stamps (N, 21, 21, 4) -> maps (N, 21, 21)),
+``<metrics_dir>/train_estimator.json`` (training figures and the test-split fidelity
+report) and ``<plots_dir>/train_estimator/gallery.png``; logs the run ``train_estimator``
+and registers a new version of ``occlusion-estimator`` (an MLflow pyfunc).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core import fidelity, plots, tracking
+from pipeline.core.data.split import SPLITS
+from pipeline.core.params import EstimatorParams, OcclusionParams, PathsParams
+from pipeline.io import (
+    atomic_paths,
+    load_classifier,
+    load_params,
+    load_split,
+    run_stage,
+    write_json,
+)
+
+REGISTERED_NAME = "occlusion-estimator"
+GALLERY_ROWS = 12
+
+
+def load_inputs(paths: PathsParams) -> dict[str, dict[str, np.ndarray]]:
+    """Per split: stamps, labels and the exact maps with their target class; a clear error
+    when the maps and the stamps disagree in number."""
+    splits = {}
+    for name in SPLITS:
+        stamps = load_split(Path(paths.prepared_dir) / f"{name}.npz", ("images", "labels"))
+        exact_file = Path(paths.occlusion_dir) / f"{name}.npz"
+        exact = load_split(exact_file, ("maps", "target", "base_prob"))
+        if len(exact["maps"]) != len(stamps["labels"]):
+            raise ValueError(f"{exact_file}: {len(exact['maps'])} maps for "
+                             f"{len(stamps['labels'])} stamps (stale maps? run dvc repro)")
+        splits[name] = stamps | exact
+    return splits
+
+
+def main() -> None:
+    params = load_params()
+    paths = PathsParams.from_dict(params.get("paths", {}))
+    cfg = EstimatorParams.from_dict(params.get("estimator", {}))
+    occlusion = OcclusionParams.from_dict(params.get("occlusion", {}))
+    if occlusion.target != "predicted" or occlusion.reduce != "mean":
+        raise ValueError("params.yaml: the estimator learns maps of the predicted class with "
+                         "occlusion.reduce mean (what it can be conditioned on when served); "
+                         f"got occlusion.target {occlusion.target!r}, reduce {occlusion.reduce!r}")
+    splits = load_inputs(paths)
+    classifier = load_classifier(Path(paths.models_dir) / "classifier.keras")
+
+    import keras
+
+    from pipeline.core.models import estimators
+
+    conditioner = estimators.condition_model(classifier, cfg.condition)
+    for name, split in splits.items():
+        split["condition"] = conditioner.predict(split["images"], batch_size=4096, verbose=0)
+        predicted = split["condition"][:, :2].argmax(axis=1)
+        stale = float((predicted != split["target"]).mean())
+        if stale > 0.001:
+            raise ValueError(f"{paths.occlusion_dir}/{name}.npz: {stale:.1%} of the maps explain "
+                             "another class than the classifier predicts (stale maps? run "
+                             "dvc repro)")
+    if cfg.train_limit:
+        splits["train"] = {key: value[:cfg.train_limit] for key, value in splits["train"].items()}
+
+    keras.utils.set_random_seed(cfg.seed)
+    channels = _seen_channels(classifier)
+    model = estimators.build_estimator(
+        cfg.arch, classifier, channels, splits["train"]["condition"].shape[1],
+        copy_weights=cfg.copy_weights, freeze_encoder=cfg.freeze_encoder, **cfg.hparams)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                  loss=estimators.relative_map_loss(cfg.shape_weight), metrics=["mse"])
+
+    def inputs(name):
+        return [splits[name]["images"], splits[name]["condition"]]
+
+    out_plots = Path(paths.plots_dir) / "train_estimator"
+    with tracking.start_run("train_estimator", params={"estimator": params["estimator"]},
+                            tags={"arch": cfg.arch}) as run:
+        import mlflow
+
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                                restore_best_weights=True)
+        start = time.perf_counter()
+        history = model.fit(
+            inputs("train"), splits["train"]["maps"],
+            validation_data=(inputs("val"), splits["val"]["maps"]),
+            batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
+            callbacks=[stopper, tracking.epoch_logger()], verbose=1 if sys.stdout.isatty() else 2,
+        ).history
+        seconds = time.perf_counter() - start
+
+        class_means = fidelity.class_mean_maps(splits["train"]["maps"], splits["train"]["target"])
+        estimates = {name: model.predict(inputs(name), batch_size=4096, verbose=0)
+                     for name in ("val", "test")}
+        report = fidelity.fidelity_report(estimates["test"], splits["test"]["maps"],
+                                          splits["test"]["labels"], splits["test"]["target"],
+                                          class_means)
+        figures = {
+            "training": {"arch": cfg.arch, "condition": cfg.condition,
+                         "parameters": model.count_params(),
+                         "trainable_parameters": int(sum(np.prod(w.shape)
+                                                         for w in model.trainable_weights)),
+                         "train_maps": len(splits["train"]["maps"]),
+                         "epochs_run": len(history["loss"]),
+                         "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+                         "best_val_loss": float(np.min(history["val_loss"])),
+                         "seconds": seconds},
+            "test": report,
+        }
+        mlflow.log_metrics({"train_seconds": seconds, "parameters": model.count_params(),
+                            **{f"test_{key}": float(value)
+                               for key, value in report["headline"].items()
+                               if isinstance(value, (int, float)) and value is not None}})
+
+        gallery = out_plots / "gallery.png"
+        with atomic_paths(gallery) as (temp,):
+            _gallery(splits["val"], estimates["val"], cfg.arch).savefig(temp, format="png")
+        mlflow.log_artifact(str(gallery))
+
+        explainer = estimators.explainer(classifier, model, cfg.condition)
+        target = Path(paths.models_dir) / "estimator.keras"
+        with atomic_paths(target) as (temp,):
+            explainer.save(temp)
+            from pipeline.serving import log_estimator
+
+            version = log_estimator(temp, "estimator", REGISTERED_NAME,
+                                    splits["val"]["images"][:4],
+                                    tags={"arch": cfg.arch, "run_id": run.info.run_id,
+                                          **{k: v for k, v in report["headline"].items()
+                                             if k != "goals"}})
+        figures["registered"] = {"name": REGISTERED_NAME, "version": int(version.version),
+                                 "run_id": run.info.run_id}
+
+    write_json(Path(paths.metrics_dir) / "train_estimator.json", figures)
+    head = {key: "n/a" if value is None else f"{value:.3f}"
+            for key, value in report["headline"].items() if key not in ("goals", "meets_goals")}
+    print(f"train_estimator: {cfg.arch} ({model.count_params()} parameters), {seconds:.0f} s; "
+          f"test: median r on non-trivial maps real {head['real_median_r']} / bogus "
+          f"{head['bogus_median_r']}, MSE skill {head['mse_skill_overall']}; registered "
+          f"{REGISTERED_NAME} v{version.version}")
+
+
+def _seen_channels(classifier) -> tuple[int, ...]:
+    from pipeline.core.models.classifiers import seen_channels_predict_fn
+
+    channels = seen_channels_predict_fn(classifier)[1]
+    return tuple(channels) if channels is not None else (0, 1, 2, 3)
+
+
+def _gallery(split: dict, estimate: np.ndarray, arch: str):
+    """~12 val stamps, both classes: for each class the worst non-trivial maps (lowest r)
+    and a seeded random few."""
+    scores = fidelity.pearson_r(estimate, split["maps"])
+    non_trivial = fidelity.amplitude(split["maps"]) >= fidelity.NON_TRIVIAL
+    rng = np.random.default_rng(0)
+    rows: list[int] = []
+    for label in (1, 0):
+        pool = np.flatnonzero((split["labels"] == label) & non_trivial & ~np.isnan(scores))
+        worst = pool[np.argsort(scores[pool])[:GALLERY_ROWS // 4]]
+        rest = np.setdiff1d(np.flatnonzero(split["labels"] == label), worst)
+        picked = rng.choice(rest, size=min(GALLERY_ROWS // 4, len(rest)), replace=False)
+        rows += [*worst.tolist(), *picked.tolist()]
+    captions = [f"{('bogus', 'real')[split['labels'][i]]} #{i}\nr={scores[i]:.2f}" for i in rows]
+    return plots.map_gallery_figure(split["images"][rows], split["maps"][rows], estimate[rows],
+                                    captions, f"{arch}: val stamps, worst and random, per class")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,102 @@
+"""Estimator builders, the conditioning layer, the loss and the explainer round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from pipeline.core.models import estimators  # noqa: E402
+from pipeline.core.models.classifiers import build_classifier  # noqa: E402
+from pipeline.core.models.layers import ClassCondition  # noqa: E402
+
+STAMPS = np.random.default_rng(0).random((6, 21, 21, 4)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def seed_classifier():
+    keras.utils.set_random_seed(1)
+    return build_classifier("seed", (3,))
+
+
+@pytest.mark.parametrize("arch", sorted(estimators.ESTIMATORS))
+@pytest.mark.parametrize("condition, dim", [("class", 2), ("margin", 3), ("features", 13)])
+def test_each_builder_maps_stamps_to_21x21_maps_in_range(seed_classifier, arch, condition, dim):
+    vector = estimators.condition_model(seed_classifier, condition).predict(STAMPS, verbose=0)
+    assert vector.shape == (6, dim)
+    model = estimators.build_estimator(arch, seed_classifier, (3,), dim)
+    maps = model.predict([STAMPS, vector], verbose=0)
+    assert maps.shape == (6, 21, 21) and np.abs(maps).max() <= 1.0
+
+
+def test_seed_ae_encoder_is_the_classifiers_frozen_conv(seed_classifier):
+    model = estimators.build_estimator("seed_ae", seed_classifier, (3,), 2)
+    mirror, source = model.get_layer("enc_conv"), seed_classifier.get_layer("conv")
+    assert not mirror.trainable
+    for copied, original in zip(mirror.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(copied, original)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=estimators.relative_map_loss(0.1))
+    before = [w.copy() for w in model.get_layer("code").get_weights()]
+    model.fit([STAMPS, np.eye(2)[[0, 1] * 3]], np.random.default_rng(1).normal(
+        0, 0.1, (6, 21, 21)), epochs=2, verbose=0)
+    for copied, original in zip(mirror.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(copied, original)  # frozen: unchanged by training
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(before, model.get_layer("code").get_weights(), strict=True))
+
+
+def test_deephits_mirror_copies_both_convs_before_the_first_pool():
+    keras.utils.set_random_seed(2)
+    deep = build_classifier("deephits", (0, 1, 2, 3))
+    spec = estimators.mirror_spec(deep)
+    assert [(c["name"], c["filters"], c["kernel_size"], c["slope"]) for c in spec] == [
+        ("conv1", 32, (4, 4), 0.01), ("conv2", 32, (3, 3), 0.01)]
+    model = estimators.build_estimator("gated_ae", deep, (0, 1, 2, 3), 3)
+    np.testing.assert_array_equal(model.get_layer("enc_conv2").get_weights()[0],
+                                  deep.get_layer("conv2").get_weights()[0])
+
+
+def test_class_condition_by_hand():
+    probabilities = np.array([[0.2, 0.8], [0.9, 0.1], [1.0, 0.0]], np.float32)
+    one_hot = ClassCondition()(probabilities).numpy()
+    np.testing.assert_array_equal(one_hot, [[0, 1], [1, 0], [1, 0]])
+    with_margin = ClassCondition(margin=True)(probabilities).numpy()
+    np.testing.assert_allclose(with_margin[:, 2], [np.log(4) / 10, np.log(9) / 10, 3.0],
+                               rtol=1e-5)
+
+
+def test_relative_map_loss_by_hand():
+    y_true = np.zeros((2, 21, 21), np.float32)
+    y_true[0, 0, 0] = 0.5  # amplitude 0.5
+    y_true[1, 0, 0] = 0.001  # amplitude below the floor 0.01
+    y_pred = y_true.copy()
+    y_pred[:, 1, 1] = 0.1
+    mse = 0.01 / 441
+    loss = estimators.relative_map_loss(2.0)
+    per_map = np.asarray(loss.call(y_true, y_pred))
+    np.testing.assert_allclose(per_map, [mse + 2 * mse / 0.25, mse + 2 * mse / 1e-4], rtol=1e-5)
+    assert float(loss(y_true, y_pred)) == pytest.approx(per_map.mean(), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(estimators.relative_map_loss(0.0).call(y_true, y_pred)),
+                               [mse, mse], rtol=1e-5)
+    again = estimators.RelativeMapLoss.from_config(loss.get_config())
+    assert (again.shape_weight, again.floor) == (2.0, 0.01)
+
+
+def test_explainer_saves_and_reloads_with_identical_maps(seed_classifier, tmp_path):
+    model = estimators.build_estimator("gated_ae", seed_classifier, (3,), 13)
+    explainer = estimators.explainer(seed_classifier, model, "features")
+    direct = model.predict([STAMPS, estimators.condition_model(seed_classifier, "features")
+                            .predict(STAMPS, verbose=0)], verbose=0)
+    np.testing.assert_allclose(explainer.predict(STAMPS, verbose=0), direct, atol=1e-6)
+    explainer.save(tmp_path / "explainer.keras")
+    again = keras.saving.load_model(tmp_path / "explainer.keras", compile=False)
+    np.testing.assert_array_equal(again.predict(STAMPS, verbose=0),
+                                  explainer.predict(STAMPS, verbose=0))
+
+
+def test_unknown_arch_and_condition_are_rejected(seed_classifier):
+    with pytest.raises(ValueError, match="unknown estimator arch"):
+        estimators.build_estimator("vae", seed_classifier, (3,), 2)
+    with pytest.raises(ValueError, match="condition must be one of"):
+        estimators.condition_model(seed_classifier, "logits")
