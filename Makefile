@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test lint ui bench clean-venv
+.PHONY: help install repro report test lint ui bench clean-venv
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,8 +38,13 @@ lint: install ## Lint the Python code and the Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
 
-bench: install ## Print the benchmark figures (generator)
+report: install ## Rewrite the README's results section from metrics/*.json (after repro)
+	$(BIN)/python -m pipeline.report
+
+bench: install ## Print the benchmark figures (generator, exact maps, estimator; seed CNN)
 	$(BIN)/python -m pipeline.bench generator
+	$(BIN)/python -m pipeline.bench occlusion --arch seed
+	$(BIN)/python -m pipeline.bench estimator --arch seed
 
 ui: install ## MLflow UI on 127.0.0.1 (port UI_PORT, default 5000) over the project store
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) \

@@ -93,9 +93,11 @@ def run_stage(main: Callable[[], None]) -> None:
         raise SystemExit(1) from None
 
 
-def load_split(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Arrays ``keys`` of a prepared split ``.npz`` (never unpickling objects); a clear
-    error naming the file when it is missing, unreadable or lacks a key."""
+def load_split(path: str | Path, keys: tuple[str, ...],
+               optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Arrays ``keys`` (and those of ``optional`` that exist) of a split ``.npz``, never
+    unpickling objects; a clear error naming the file when it is missing, unreadable or
+    lacks a key."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the stage that makes it first)")
@@ -104,7 +106,7 @@ def load_split(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise ValueError(f"{path}: missing array(s) {missing}; found {npz.files}")
-            arrays = {k: npz[k] for k in keys}
+            arrays = {k: npz[k] for k in (*keys, *optional) if k in npz.files}
     except (OSError, EOFError) as err:
         raise ValueError(f"{path}: unreadable .npz ({err})") from None
     if "images" in arrays and not np.isfinite(arrays["images"]).all():
@@ -112,16 +114,17 @@ def load_split(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]
     return arrays
 
 
-def load_classifier(path: str | Path):
-    """The trained Keras classifier at ``path`` (custom layers registered first)."""
+def load_classifier(path: str | Path, made_by: str = "train_classifier"):
+    """The trained Keras model at ``path`` (custom layers registered first); ``made_by``
+    names the stage to run when it is missing."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the train_classifier stage first)")
+        raise FileNotFoundError(f"{path}: not found (run the {made_by} stage first)")
     import keras
 
     import pipeline.core.models  # noqa: F401  (registers the custom layers)
 
     try:
-        return keras.saving.load_model(path)
-    except (ValueError, OSError) as err:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError) as err:
         raise ValueError(f"{path}: not a loadable Keras model ({err})") from None

@@ -29,7 +29,6 @@ from pipeline.io import (
 )
 
 REGISTERED_NAME = "occlusion-estimator"
-GALLERY_ROWS = 12
 
 
 def load_inputs(paths: PathsParams) -> dict[str, dict[str, np.ndarray]]:
@@ -127,7 +126,10 @@ def main() -> None:
 
         gallery = out_plots / "gallery.png"
         with atomic_paths(gallery) as (temp,):
-            _gallery(splits["val"], estimates["val"], cfg.arch).savefig(temp, format="png")
+            plots.worst_and_random_gallery(
+                splits["val"]["images"], splits["val"]["labels"], splits["val"]["maps"],
+                estimates["val"], f"{cfg.arch}: val stamps, worst and random, per class",
+            ).savefig(temp, format="png")
         mlflow.log_artifact(str(gallery))
 
         explainer = estimators.explainer(classifier, model, cfg.condition)
@@ -158,24 +160,6 @@ def _seen_channels(classifier) -> tuple[int, ...]:
 
     channels = seen_channels_predict_fn(classifier)[1]
     return tuple(channels) if channels is not None else (0, 1, 2, 3)
-
-
-def _gallery(split: dict, estimate: np.ndarray, arch: str):
-    """~12 val stamps, both classes: for each class the worst non-trivial maps (lowest r)
-    and a seeded random few."""
-    scores = fidelity.pearson_r(estimate, split["maps"])
-    non_trivial = fidelity.amplitude(split["maps"]) >= fidelity.NON_TRIVIAL
-    rng = np.random.default_rng(0)
-    rows: list[int] = []
-    for label in (1, 0):
-        pool = np.flatnonzero((split["labels"] == label) & non_trivial & ~np.isnan(scores))
-        worst = pool[np.argsort(scores[pool])[:GALLERY_ROWS // 4]]
-        rest = np.setdiff1d(np.flatnonzero(split["labels"] == label), worst)
-        picked = rng.choice(rest, size=min(GALLERY_ROWS // 4, len(rest)), replace=False)
-        rows += [*worst.tolist(), *picked.tolist()]
-    captions = [f"{('bogus', 'real')[split['labels'][i]]} #{i}\nr={scores[i]:.2f}" for i in rows]
-    return plots.map_gallery_figure(split["images"][rows], split["maps"][rows], estimate[rows],
-                                    captions, f"{arch}: val stamps, worst and random, per class")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,17 @@ def test_occlusion_benchmark_prints_json_last(repo_root):
     assert figures["positions"] == 441
     assert figures["share_of_bound"] == pytest.approx(
         figures["engine_maps_per_s"] / figures["bound_maps_per_s"])
+
+
+@pytest.mark.slow
+def test_estimator_benchmark_prints_json_last(repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench", "estimator", "--arch", "seed", "--n", "8",
+         "--estimator", "seed_ae", "--condition", "class"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("estimator_maps_per_s", "exact_maps_per_s", "speedup"):
+        assert figures[key] > 0, key
+    assert figures["speedup"] == pytest.approx(
+        figures["estimator_maps_per_s"] / figures["exact_maps_per_s"])
+    assert (figures["estimator"], figures["speedup_goal"]) == ("seed_ae", 25.0)

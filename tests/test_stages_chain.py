@@ -121,10 +121,16 @@ def test_occlusion_maps_stage_writes_exact_maps_of_every_split(tiny_maps):
     assert metrics["maps_per_s"] > 0
 
 
+@pytest.fixture(scope="module")
+def tiny_estimator(tiny_maps):
+    """``tiny_maps`` after the train_estimator stage."""
+    _run("train_estimator", *tiny_maps)
+    return tiny_maps
+
+
 @pytest.mark.slow
-def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_maps):
-    tmp_path, env = tiny_maps
-    _run("train_estimator", tmp_path, env)
+def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
+    tmp_path, env = tiny_estimator
     metrics = json.loads((tmp_path / "metrics" / "train_estimator.json").read_text())
     assert metrics["training"]["epochs_run"] == 1 and metrics["training"]["train_maps"] == 67
     report = metrics["test"]
@@ -161,3 +167,49 @@ def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_maps):
     bad[2, 3, 3, 1] = np.nan
     with pytest.raises(Exception, match="NaN"):
         served.predict(bad)
+
+
+@pytest.mark.slow
+def test_evaluate_stage_end_to_end(tiny_estimator):
+    tmp_path, env = tiny_estimator
+    _run("evaluate", tmp_path, env)
+    figures = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    classifier = json.loads((tmp_path / "metrics" / "train_classifier.json").read_text())
+    # the same classifier on the same test split: the same accuracy as its own stage
+    assert figures["classifier"]["accuracy"] == pytest.approx(classifier["test"]["accuracy"])
+    assert sum(v["n"] for v in figures["classifier"]["by_kind"].values()) == 30
+    assert sum(v["n"] for v in figures["classifier"]["by_snr_bin"].values()) == 30
+    assert figures["fidelity"]["overall"]["n"] == 30
+    faith = figures["faithfulness"]
+    assert faith["n"] == 30 and faith["auc_ratio_estimate_to_exact"] == pytest.approx(
+        faith["auc_estimate"] / faith["auc_exact"])
+    assert {"all", "real", "bogus", "kind:real"} <= set(figures["localisation"])
+    assert figures["sanity"]["n"] == 30
+    assert figures["speed"]["speedup"] == pytest.approx(
+        figures["speed"]["estimator_maps_per_s"] / figures["speed"]["exact_maps_per_s"])
+    assert figures["judged"]["train_estimator"]["version"] == 1
+    out = tmp_path / "plots" / "evaluate"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "deletion.csv", "deletion.png", "fidelity_by_amplitude.csv", "gallery.png"]
+    rows = (out / "deletion.csv").read_text().splitlines()
+    assert rows[0] == "fraction_removed,exact,estimate,class_mean,random" and len(rows) == 23
+
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("hits-occlusion").experiment_id],
+        filter_string="attributes.run_name = 'evaluate'")
+    assert len(runs) == 1
+    assert runs[0].data.tags["train_estimator_version"] == "1"
+    assert "speed.speedup" in runs[0].data.metrics
+
+    # the README's results section is regenerated from these metrics, not typed
+    (tmp_path / "README.md").write_text("intro\n<!-- results:start -->\nold\n"
+                                        "<!-- results:end -->\nafter\n")
+    _run("report", tmp_path, env)
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("intro\n<!-- results:start -->\n") and text.endswith("after\n")
+    assert "old" not in text and "| non-trivial, true bogus |" in text
+    assert f"{figures['classifier']['accuracy'] * 100:.2f} %" in text
+    assert (tmp_path / "docs" / "gallery.png").read_bytes() == (out / "gallery.png").read_bytes()

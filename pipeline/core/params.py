@@ -209,3 +209,26 @@ class EstimatorParams:
         if params.patience < 0:
             raise ValueError(f"estimator.patience must be >= 0, got {params.patience}")
         return params
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The ``evaluate`` section: how many test stamps the costlier checks use."""
+
+    faithfulness_n: int = 5000  # stamps whose deletion curves are computed (0: all)
+    deletion_steps: int = 21  # re-classifications per curve, after the unmasked one
+    sanity_n: int = 200  # stamps mapped under the re-randomised classifier
+    speed_n: int = 1024  # stamps both the exact engine and the estimator map, timed
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> EvaluateParams:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        _check_keys("evaluate", raw, fields)
+        params = cls(**{name: int(raw.get(name, getattr(cls(), name))) for name in fields})
+        for name in ("faithfulness_n", "sanity_n"):
+            if getattr(params, name) < 0:
+                raise ValueError(f"evaluate.{name} must be >= 0, got {getattr(params, name)}")
+        if params.deletion_steps < 1 or params.speed_n < 1:
+            raise ValueError("evaluate.deletion_steps and evaluate.speed_n must be >= 1")
+        return params

@@ -81,3 +81,40 @@ def map_gallery_figure(stamps: np.ndarray, exact: np.ndarray, estimate: np.ndarr
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def worst_and_random_gallery(stamps: np.ndarray, labels: np.ndarray, exact: np.ndarray,
+                             estimate: np.ndarray, title: str, rows: int = 12,
+                             seed: int = 0) -> plt.Figure:
+    """``map_gallery_figure`` of ``rows`` stamps, half real, half bogus: in each class the
+    worst non-trivial maps (lowest Pearson r) and a seeded random few."""
+    from pipeline.core import fidelity
+
+    scores = fidelity.pearson_r(estimate, exact)
+    non_trivial = fidelity.amplitude(exact) >= fidelity.NON_TRIVIAL
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for label in (1, 0):
+        pool = np.flatnonzero((labels == label) & non_trivial & ~np.isnan(scores))
+        worst = pool[np.argsort(scores[pool])[:rows // 4]]
+        rest = np.setdiff1d(np.flatnonzero(labels == label), worst)
+        chosen = rng.choice(rest, size=min(rows // 2 - len(worst), len(rest)), replace=False)
+        picked += [*worst.tolist(), *chosen.tolist()]
+    captions = [f"{CLASS_NAMES[labels[i]]} #{i}\nr={scores[i]:.2f}" for i in picked]
+    return map_gallery_figure(stamps[picked], exact[picked], estimate[picked], captions, title)
+
+
+def deletion_curves_figure(fractions: np.ndarray, curves: dict[str, np.ndarray],
+                           title: str = "Deletion curves (test split)") -> plt.Figure:
+    """Mean probability of the explained class against the fraction of pixels removed,
+    one line per map method (a faster fall means a more faithful ranking)."""
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for name, curve in curves.items():
+        ax.plot(fractions, curve, label=name)
+    ax.set_xlabel("fraction of pixels removed (most important first)")
+    ax.set_ylabel("probability of the explained class")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
