@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from pipeline.core.fidelity import AMPLITUDE_BINS
 from pipeline.core.params import PathsParams
 from pipeline.io import atomic_paths, load_params, run_stage
 
@@ -54,7 +55,8 @@ def results_markdown(metrics: dict[str, dict]) -> str:
     groups += [(f"true {name}", fid["by_true_class"][name]) for name in ("real", "bogus")]
     groups += [(f"non-trivial, true {name}", fid["non_trivial"][name])
                for name in ("real", "bogus")]
-    groups += [(f"amplitude {name}", group) for name, group in fid["by_amplitude"].items()]
+    groups += [(f"amplitude {name}", fid["by_amplitude"][name])
+               for name in AMPLITUDE_BINS if name in fid["by_amplitude"]]
     for name, group in groups:
         est, base = group["estimate"], group["class_mean"]
         lines.append(

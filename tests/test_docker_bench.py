@@ -60,7 +60,8 @@ def test_estimator_benchmark_prints_json_last(repo_root):
          "--estimator", "seed_ae", "--condition", "class"],
         cwd=repo_root, capture_output=True, text=True, timeout=300, check=True)
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("estimator_maps_per_s", "exact_maps_per_s", "speedup"):
+    for key in ("estimator_maps_per_s", "exact_maps_per_s", "speedup", "classifier_pass_per_s",
+                "estimator_only_maps_per_s", "marginal_speedup", "speedup_ceiling"):
         assert figures[key] > 0, key
     assert figures["speedup"] == pytest.approx(
         figures["estimator_maps_per_s"] / figures["exact_maps_per_s"])
