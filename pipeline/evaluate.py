@@ -3,7 +3,8 @@
 Reads the test split, the exact maps (test, and train for the class-mean baseline), the
 classifier and the estimator; writes ``<metrics_dir>/evaluate.json`` and
 ``<plots_dir>/evaluate/`` (deletion.csv, fidelity_by_amplitude.csv, deletion.png,
-gallery.png); logs the MLflow run ``evaluate`` tagged with the model versions it judged.
+gallery.png, confusion.png); logs the MLflow run ``evaluate`` tagged with the model
+versions it judged.
 """
 
 from __future__ import annotations
@@ -76,9 +77,11 @@ def main() -> None:
     figures["judged"] = versions
 
     out = Path(paths.plots_dir) / "evaluate"
-    names = ["deletion.csv", "fidelity_by_amplitude.csv", "deletion.png", "gallery.png"]
+    names = ["deletion.csv", "fidelity_by_amplitude.csv", "deletion.png", "gallery.png",
+             "confusion.png"]
     with atomic_paths(*(out / name for name in names)) as (deletion_csv, amplitude_csv,
-                                                           deletion_png, gallery_png):
+                                                           deletion_png, gallery_png,
+                                                           confusion_png):
         fractions = np.linspace(0, 1, cfg.deletion_steps + 1)
         write_csv(deletion_csv, ["fraction_removed", *METHODS],
                   ([f"{f:.4f}", *(f"{curves[m][i]:.6f}" for m in METHODS)]
@@ -90,6 +93,9 @@ def main() -> None:
                     _fmt(group["mse_skill"])]
                    for name, group in figures["fidelity"]["by_amplitude"].items()))
         plots.deletion_curves_figure(fractions, curves).savefig(deletion_png, format="png")
+        plots.confusion_matrix_figure(figures["classifier"]["confusion"],
+                                      "classifier: test split").savefig(confusion_png,
+                                                                        format="png")
         plots.worst_and_random_gallery(
             images, labels, exact["maps"], estimate,
             "test stamps: exact vs estimated maps, worst and random, per class",

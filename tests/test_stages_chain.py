@@ -190,7 +190,8 @@ def test_evaluate_stage_end_to_end(tiny_estimator):
     assert figures["judged"]["train_estimator"]["version"] == 1
     out = tmp_path / "plots" / "evaluate"
     assert sorted(p.name for p in out.iterdir()) == [
-        "deletion.csv", "deletion.png", "fidelity_by_amplitude.csv", "gallery.png"]
+        "confusion.png", "deletion.csv", "deletion.png", "fidelity_by_amplitude.csv",
+        "gallery.png"]
     rows = (out / "deletion.csv").read_text().splitlines()
     assert rows[0] == "fraction_removed,exact,estimate,class_mean,random" and len(rows) == 23
 
