@@ -61,6 +61,7 @@ def main() -> None:
     import keras
 
     from pipeline.core.models import estimators
+    from pipeline.core.models.classifiers import make_optimizer
 
     conditioner = estimators.condition_model(classifier, cfg.condition)
     for name, split in splits.items():
@@ -79,7 +80,7 @@ def main() -> None:
     model = estimators.build_estimator(
         cfg.arch, classifier, channels, splits["train"]["condition"].shape[1],
         copy_weights=cfg.copy_weights, freeze_encoder=cfg.freeze_encoder, **cfg.hparams)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
                   loss=estimators.relative_map_loss(cfg.shape_weight), metrics=["mse"])
 
     def inputs(name):
