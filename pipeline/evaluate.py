@@ -28,6 +28,7 @@ from pipeline.io import (
     write_csv,
     write_json,
 )
+from pipeline.occlusion_maps import engine_for
 
 SNR_EDGES = (-50.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0, 50.0)
 METHODS = ("exact", "estimate", "class_mean", "random")
@@ -196,16 +197,6 @@ def _localisation(exact_maps, estimate, test) -> dict:
     return out
 
 
-def _engine(classifier, occlusion: OcclusionParams):
-    from pipeline.core.models.classifiers import seen_channels_predict_fn
-    from pipeline.core.occlusion import OcclusionEngine
-
-    predict, channels = seen_channels_predict_fn(classifier)
-    return OcclusionEngine(predict, 21, 21, patch=occlusion.patch, stride=occlusion.stride,
-                           fill=occlusion.fill, padding=occlusion.padding,
-                           reduce=occlusion.reduce, channels=channels)
-
-
 def _sanity(classifier, stamps, trained_maps, occlusion: OcclusionParams, seed: int) -> dict:
     """Maps of the same net with re-randomised weights: a map that explains the classifier
     must change when its weights do (low rank correlation with the trained maps)."""
@@ -215,7 +206,7 @@ def _sanity(classifier, stamps, trained_maps, occlusion: OcclusionParams, seed: 
         return {"n": 0}
     keras.utils.set_random_seed(seed)
     randomised = keras.models.clone_model(classifier)  # fresh initial weights
-    maps, _, _ = _engine(randomised, occlusion).maps(stamps, chunk_size=occlusion.chunk_size)
+    maps, _, _ = engine_for(randomised, occlusion).maps(stamps, chunk_size=occlusion.chunk_size)
     rho = faithfulness.rank_correlation(maps, trained_maps)
     rho = rho[~np.isnan(rho)]
     return {"n": int(len(stamps)), "n_defined": int(len(rho)),
@@ -227,7 +218,7 @@ def _speed(classifier, explainer, stamps, occlusion: OcclusionParams) -> dict:
     """Exact and estimated maps/s on the same stamps, in this process, after warm-up."""
     import tensorflow as tf
 
-    engine = _engine(classifier, occlusion)
+    engine = engine_for(classifier, occlusion)
     explain = tf.function(lambda x: explainer(x, training=False), reduce_retracing=True)
     batch = tf.constant(stamps)
     engine.maps(stamps[: 2 * occlusion.chunk_size], chunk_size=occlusion.chunk_size)

@@ -27,19 +27,22 @@ from pipeline.io import (
 )
 
 
+def engine_for(classifier, cfg: OcclusionParams):
+    """The exact engine for a Keras classifier under the ``occlusion`` settings (21x21
+    stamps; only the channels the classifier sees are copied)."""
+    from pipeline.core.models.classifiers import seen_channels_predict_fn
+    from pipeline.core.occlusion import OcclusionEngine
+
+    predict, channels = seen_channels_predict_fn(classifier)
+    return OcclusionEngine(predict, 21, 21, patch=cfg.patch, stride=cfg.stride, fill=cfg.fill,
+                           padding=cfg.padding, reduce=cfg.reduce, channels=channels)
+
+
 def main() -> None:
     params = load_params()
     paths = PathsParams.from_dict(params.get("paths", {}))
     cfg = OcclusionParams.from_dict(params.get("occlusion", {}))
-    model = load_classifier(Path(paths.models_dir) / "classifier.keras")
-
-    from pipeline.core.models.classifiers import seen_channels_predict_fn
-    from pipeline.core.occlusion import OcclusionEngine
-
-    predict, channels = seen_channels_predict_fn(model)
-    engine = OcclusionEngine(predict, 21, 21, patch=cfg.patch, stride=cfg.stride,
-                             fill=cfg.fill, padding=cfg.padding, reduce=cfg.reduce,
-                             channels=channels)
+    engine = engine_for(load_classifier(Path(paths.models_dir) / "classifier.keras"), cfg)
     summary: dict = {"settings": dataclasses.asdict(cfg) | {"positions": engine.positions}}
     out_dir = Path(paths.occlusion_dir)
     with atomic_paths(*(out_dir / f"{name}.npz" for name in SPLITS)) as temps:

@@ -170,7 +170,7 @@ class EstimatorParams:
     optimizer: str = "adam"
     learning_rate: float = 0.001
     batch_size: int = 128
-    epochs: int = 40
+    epochs: int = 30
     patience: int = 4
     shape_weight: float = 0.1  # weight of the amplitude-relative loss term
     train_limit: int = 0  # use at most this many training maps (0: all)

@@ -102,23 +102,9 @@ def _decoder(x, filters: int, activation: str, name: str):
     return layers.Reshape(MAP_SHAPE, name=f"{name}_map")(x)
 
 
-def build_seed_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
-                  decoder_filters: int = 8, name: str = "seed_ae") -> keras.Model:
-    """[stamps (B,21,21,4), condition (B,D)] -> map (B,21,21) in [-1, 1]."""
-    stamps = keras.Input(STAMP_SHAPE, name="stamps")
-    condition = keras.Input((condition_dim,), name="condition")
-    x = SelectChannels(channels, name="channels")(stamps)
-    x = layers.Flatten(name="enc_flatten")(_encoder(x, spec))
-    x = layers.Dense(bottleneck, activation="relu", name="bottleneck")(x)
-    x = layers.Concatenate(name="conditioned")([x, condition])
-    x = layers.Dense(bottleneck, activation="relu", name="code")(x)
-    maps = _decoder(x, decoder_filters, "tanh", "dec")
-    return keras.Model([stamps, condition], maps, name=name)
-
-
-def build_gated_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
-                   decoder_filters: int = 8, name: str = "gated_ae") -> keras.Model:
-    """[stamps (B,21,21,4), condition (B,D)] -> amplitude (B,1,1) x shape (B,21,21)."""
+def _conditioned_trunk(channels, condition_dim: int, spec: list[dict], bottleneck: int):
+    """The autoencoders' shared front: inputs (stamps, condition) and the dense code
+    (B, bottleneck) of the mirrored encoder's bottleneck with the condition joined in."""
     stamps = keras.Input(STAMP_SHAPE, name="stamps")
     condition = keras.Input((condition_dim,), name="condition")
     x = SelectChannels(channels, name="channels")(stamps)
@@ -126,6 +112,21 @@ def build_gated_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck
     x = layers.Dense(bottleneck, activation="relu", name="bottleneck")(x)
     x = layers.Concatenate(name="conditioned")([x, condition])
     code = layers.Dense(bottleneck, activation="relu", name="code")(x)
+    return stamps, condition, code
+
+
+def build_seed_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
+                  decoder_filters: int = 8, name: str = "seed_ae") -> keras.Model:
+    """[stamps (B,21,21,4), condition (B,D)] -> map (B,21,21) in [-1, 1]."""
+    stamps, condition, code = _conditioned_trunk(channels, condition_dim, spec, bottleneck)
+    maps = _decoder(code, decoder_filters, "tanh", "dec")
+    return keras.Model([stamps, condition], maps, name=name)
+
+
+def build_gated_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
+                   decoder_filters: int = 8, name: str = "gated_ae") -> keras.Model:
+    """[stamps (B,21,21,4), condition (B,D)] -> amplitude (B,1,1) x shape (B,21,21)."""
+    stamps, condition, code = _conditioned_trunk(channels, condition_dim, spec, bottleneck)
     shape = _decoder(code, decoder_filters, "tanh", "shape")
     gate = layers.Dense(bottleneck // 2, activation="relu", name="amplitude_hidden")(
         layers.Concatenate(name="amplitude_in")([code, condition]))
