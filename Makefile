@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro report test lint ui bench clean-venv
+.PHONY: help install repro report test lint ui bench tune clean-venv
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,11 @@ bench: install ## Print the benchmark figures (generator, exact maps, estimator;
 	$(BIN)/python -m pipeline.bench generator
 	$(BIN)/python -m pipeline.bench occlusion --arch seed
 	$(BIN)/python -m pipeline.bench estimator --arch seed
+
+WORKERS ?= 1
+tune: install ## Optuna searches for the classifier and the estimator (WORKERS=2: two processes)
+	TUNE_WORKERS=$(WORKERS) $(BIN)/dvc repro tuning/dvc.yaml:tune_classifier \
+		tuning/dvc.yaml:tune_estimator
 
 ui: install ## MLflow UI on 127.0.0.1 (port UI_PORT, default 5000) over the project store
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) \

@@ -53,12 +53,12 @@ def main() -> None:
     versions = {name: _registered(Path(paths.metrics_dir) / f"{name}.json")
                 for name in ("train_classifier", "train_estimator")}
 
-    from pipeline.serving import predict_maps
+    from pipeline.serving import compile_explainer, predict_maps
 
     images, labels = test["images"], test["labels"]
     probabilities = classifier.predict(images, batch_size=4096, verbose=0)
     predicted = probabilities.argmax(axis=1)
-    estimate = predict_maps(explainer, images)
+    estimate = predict_maps(compile_explainer(explainer), images.astype(np.float32, copy=False))
     class_means = fidelity.class_mean_maps(train_exact["maps"], train_exact["target"])
 
     figures: dict = {"classifier": classification_figures(labels, probabilities)}

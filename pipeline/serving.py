@@ -45,22 +45,34 @@ class OcclusionEstimator(mlflow.pyfunc.PythonModel):
 
         self.model = keras.saving.load_model(Path(context.artifacts[ARTIFACT_KEY]),
                                              compile=False)
+        self.explain = compile_explainer(self.model)
 
     def predict(self, context, model_input, params=None):
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
         try:
-            stamps = check_stamps(model_input)
+            stamps = check_stamps(model_input, source="request")
         except ValueError as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
-        return predict_maps(self.model, stamps)
+        return predict_maps(self.explain, stamps)
 
 
-def predict_maps(model, stamps: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """(N, 21, 21) float32 maps of ``stamps`` (N, 21, 21, 4) under a Keras explainer."""
-    if not len(stamps):
-        return np.zeros((0, 21, 21), np.float32)
-    return np.asarray(model.predict(stamps, batch_size=batch_size, verbose=0), np.float32)
+def compile_explainer(model):
+    """The Keras explainer as a function traced once for any batch size: stamps
+    (B, 21, 21, 4) float32 -> maps (B, 21, 21) float32. One stamp takes ~2 ms this way,
+    where ``model.predict`` pays ~95 ms of per-call overhead (this CPU)."""
+    import tensorflow as tf
+
+    return tf.function(lambda stamps: model(stamps, training=False),
+                       input_signature=[tf.TensorSpec([None, *STAMP_SHAPE], tf.float32)])
+
+
+def predict_maps(explain, stamps: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """(N, 21, 21) float32 maps of ``stamps`` (N, 21, 21, 4) float32 under ``explain``
+    (``compile_explainer``'s function), ``batch_size`` stamps per call."""
+    parts = [np.asarray(explain(stamps[start:start + batch_size]), np.float32)
+             for start in range(0, len(stamps), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 21, 21), np.float32)
 
 
 def signature():

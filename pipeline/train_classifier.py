@@ -29,6 +29,29 @@ from pipeline.io import (
 REGISTERED_NAME = "hits-classifier"
 
 
+def fit_classifier(cfg: ClassifierParams, splits: dict, callbacks=(), verbose: int = 0):
+    """Build the ``cfg`` net and train it on ``splits["train"]`` (images (N, 21, 21, 4) in
+    [0, 1], labels (N,) in {0, 1}), early-stopping on ``splits["val"]``'s loss with the best
+    weights restored. Returns (model, history dict, training seconds)."""
+    import keras
+
+    from pipeline.core.models.classifiers import build_classifier, compile_classifier
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = compile_classifier(build_classifier(cfg.arch, cfg.channels, **cfg.hparams),
+                               cfg.optimizer, cfg.learning_rate)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                            restore_best_weights=True)
+    start = time.perf_counter()
+    history = model.fit(
+        splits["train"]["images"], splits["train"]["labels"],
+        validation_data=(splits["val"]["images"], splits["val"]["labels"]),
+        batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
+        callbacks=[stopper, *callbacks], verbose=verbose,
+    ).history
+    return model, history, time.perf_counter() - start
+
+
 def main() -> None:
     params = load_params()
     paths = PathsParams.from_dict(params.get("paths", {}))
@@ -37,28 +60,14 @@ def main() -> None:
     splits = {name: load_split(Path(paths.prepared_dir) / f"{name}.npz", ("images", "labels"))
               for name in ("train", "val", "test")}
 
-    import keras  # after the data checks: a bad input fails fast, without TF start-up
-
-    from pipeline.core.models.classifiers import build_classifier, compile_classifier
-
-    keras.utils.set_random_seed(cfg.seed)
-    model = compile_classifier(build_classifier(cfg.arch, cfg.channels, **cfg.hparams),
-                               cfg.optimizer, cfg.learning_rate)
+    # TensorFlow starts only in fit_classifier: a bad input fails fast, without its start-up
     out_plots = Path(paths.plots_dir) / "train_classifier"
     with tracking.start_run("train_classifier",
                             params={"classifier": params["classifier"], "data": params["data"]},
                             tags={"arch": cfg.arch}) as run:
-        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                                restore_best_weights=True)
-        start = time.perf_counter()
-        history = model.fit(
-            splits["train"]["images"], splits["train"]["labels"],
-            validation_data=(splits["val"]["images"], splits["val"]["labels"]),
-            batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
-            callbacks=[stopper, tracking.epoch_logger()],
-            verbose=1 if sys.stdout.isatty() else 2,
-        ).history
-        seconds = time.perf_counter() - start
+        model, history, seconds = fit_classifier(
+            cfg, splits, callbacks=[tracking.epoch_logger()],
+            verbose=1 if sys.stdout.isatty() else 2)
 
         figures = {}
         for name in ("val", "test"):

@@ -46,6 +46,52 @@ def load_inputs(paths: PathsParams) -> dict[str, dict[str, np.ndarray]]:
     return splits
 
 
+def attach_conditions(splits: dict, classifier, condition: str, occlusion_dir: str) -> None:
+    """Add ``condition`` (N, D) float32, what the estimator is conditioned on, to each split;
+    a clear error when the maps explain another class than the classifier predicts."""
+    from pipeline.core.models import estimators
+
+    conditioner = estimators.condition_model(classifier, condition)
+    for name, split in splits.items():
+        split["condition"] = conditioner.predict(split["images"], batch_size=4096, verbose=0)
+        predicted = split["condition"][:, :2].argmax(axis=1)
+        stale = float((predicted != split["target"]).mean())
+        if stale > 0.001:
+            raise ValueError(f"{occlusion_dir}/{name}.npz: {stale:.1%} of the maps explain "
+                             "another class than the classifier predicts (stale maps? run "
+                             "dvc repro)")
+
+
+def fit_estimator(cfg: EstimatorParams, classifier, splits: dict, callbacks=(),
+                  verbose: int = 0):
+    """Build the ``cfg`` estimator for ``classifier`` and train it on ``splits["train"]``
+    (images (N, 21, 21, 4), condition (N, D), maps (N, 21, 21) in [-1, 1]), early-stopping
+    on ``splits["val"]``'s loss with the best weights restored. Returns (model, history
+    dict, training seconds)."""
+    import keras
+
+    from pipeline.core.models import estimators
+    from pipeline.core.models.classifiers import make_optimizer
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = estimators.build_estimator(
+        cfg.arch, classifier, _seen_channels(classifier), splits["train"]["condition"].shape[1],
+        copy_weights=cfg.copy_weights, freeze_encoder=cfg.freeze_encoder, **cfg.hparams)
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
+                  loss=estimators.relative_map_loss(cfg.shape_weight), metrics=["mse"])
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                            restore_best_weights=True)
+    start = time.perf_counter()
+    history = model.fit(
+        [splits["train"]["images"], splits["train"]["condition"]], splits["train"]["maps"],
+        validation_data=([splits["val"]["images"], splits["val"]["condition"]],
+                         splits["val"]["maps"]),
+        batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
+        callbacks=[stopper, *callbacks], verbose=verbose,
+    ).history
+    return model, history, time.perf_counter() - start
+
+
 def main() -> None:
     params = load_params()
     paths = PathsParams.from_dict(params.get("paths", {}))
@@ -57,31 +103,9 @@ def main() -> None:
                          f"got occlusion.target {occlusion.target!r}, reduce {occlusion.reduce!r}")
     splits = load_inputs(paths)
     classifier = load_classifier(Path(paths.models_dir) / "classifier.keras")
-
-    import keras
-
-    from pipeline.core.models import estimators
-    from pipeline.core.models.classifiers import make_optimizer
-
-    conditioner = estimators.condition_model(classifier, cfg.condition)
-    for name, split in splits.items():
-        split["condition"] = conditioner.predict(split["images"], batch_size=4096, verbose=0)
-        predicted = split["condition"][:, :2].argmax(axis=1)
-        stale = float((predicted != split["target"]).mean())
-        if stale > 0.001:
-            raise ValueError(f"{paths.occlusion_dir}/{name}.npz: {stale:.1%} of the maps explain "
-                             "another class than the classifier predicts (stale maps? run "
-                             "dvc repro)")
+    attach_conditions(splits, classifier, cfg.condition, paths.occlusion_dir)
     if cfg.train_limit:
         splits["train"] = {key: value[:cfg.train_limit] for key, value in splits["train"].items()}
-
-    keras.utils.set_random_seed(cfg.seed)
-    channels = _seen_channels(classifier)
-    model = estimators.build_estimator(
-        cfg.arch, classifier, channels, splits["train"]["condition"].shape[1],
-        copy_weights=cfg.copy_weights, freeze_encoder=cfg.freeze_encoder, **cfg.hparams)
-    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
-                  loss=estimators.relative_map_loss(cfg.shape_weight), metrics=["mse"])
 
     def inputs(name):
         return [splits[name]["images"], splits[name]["condition"]]
@@ -91,16 +115,11 @@ def main() -> None:
                             tags={"arch": cfg.arch}) as run:
         import mlflow
 
-        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                                restore_best_weights=True)
-        start = time.perf_counter()
-        history = model.fit(
-            inputs("train"), splits["train"]["maps"],
-            validation_data=(inputs("val"), splits["val"]["maps"]),
-            batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
-            callbacks=[stopper, tracking.epoch_logger()], verbose=1 if sys.stdout.isatty() else 2,
-        ).history
-        seconds = time.perf_counter() - start
+        from pipeline.core.models import estimators
+
+        model, history, seconds = fit_estimator(
+            cfg, classifier, splits, callbacks=[tracking.epoch_logger()],
+            verbose=1 if sys.stdout.isatty() else 2)
 
         class_means = fidelity.class_mean_maps(splits["train"]["maps"], splits["train"]["target"])
         estimates = {name: model.predict(inputs(name), batch_size=4096, verbose=0)

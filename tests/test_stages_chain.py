@@ -3,41 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-
-def _run(stage, cwd, env):
-    result = subprocess.run([sys.executable, "-m", f"pipeline.{stage}"], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-@pytest.fixture(scope="module")
-def tiny_chain(tmp_path_factory, repo_root):
-    """A project directory where prepare and train_classifier ran on 120 stamps, 1 epoch,
-    with MLflow in a temporary store; returns (directory, environment)."""
-    tmp_path = tmp_path_factory.mktemp("chain")
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["data"]["synthetic"]["n"] = 120
-    params["classifier"].update(epochs=1, batch_size=16)
-    params["occlusion"].update(chunk_size=7)
-    params["estimator"].update(epochs=1, batch_size=16)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data" / "raw").mkdir(parents=True)
-    for stage in ("prepare", "train_classifier"):
-        _run(stage, tmp_path, env)
-    return tmp_path, env
+from conftest import run_stage
 
 
 @pytest.mark.slow
@@ -85,13 +55,6 @@ def test_one_epoch_writes_model_metrics_plots_run_and_version(tiny_chain):
     np.testing.assert_allclose(served.predict(stamps, verbose=0), expected, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def tiny_maps(tiny_chain):
-    """``tiny_chain`` after the occlusion_maps stage."""
-    _run("occlusion_maps", *tiny_chain)
-    return tiny_chain
-
-
 @pytest.mark.slow
 def test_occlusion_maps_stage_writes_exact_maps_of_every_split(tiny_maps):
     tmp_path, env = tiny_maps
@@ -119,13 +82,6 @@ def test_occlusion_maps_stage_writes_exact_maps_of_every_split(tiny_maps):
     assert metrics["settings"]["positions"] == 441 and metrics["settings"]["patch"] == 3
     assert {name: metrics[name]["n"] for name in sizes} == sizes
     assert metrics["maps_per_s"] > 0
-
-
-@pytest.fixture(scope="module")
-def tiny_estimator(tiny_maps):
-    """``tiny_maps`` after the train_estimator stage."""
-    _run("train_estimator", *tiny_maps)
-    return tiny_maps
 
 
 @pytest.mark.slow
@@ -170,9 +126,8 @@ def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
 
 
 @pytest.mark.slow
-def test_evaluate_stage_end_to_end(tiny_estimator):
-    tmp_path, env = tiny_estimator
-    _run("evaluate", tmp_path, env)
+def test_evaluate_stage_end_to_end(tiny_evaluated):
+    tmp_path, env = tiny_evaluated
     figures = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     classifier = json.loads((tmp_path / "metrics" / "train_classifier.json").read_text())
     # the same classifier on the same test split: the same accuracy as its own stage
@@ -208,7 +163,7 @@ def test_evaluate_stage_end_to_end(tiny_estimator):
     # the README's results section is regenerated from these metrics, not typed
     (tmp_path / "README.md").write_text("intro\n<!-- results:start -->\nold\n"
                                         "<!-- results:end -->\nafter\n")
-    _run("report", tmp_path, env)
+    run_stage("report", tmp_path, env)
     text = (tmp_path / "README.md").read_text()
     assert text.startswith("intro\n<!-- results:start -->\n") and text.endswith("after\n")
     assert "old" not in text and "| non-trivial, true bogus |" in text

@@ -232,3 +232,70 @@ class EvaluateParams:
         if params.deletion_steps < 1 or params.speed_n < 1:
             raise ValueError("evaluate.deletion_steps and evaluate.speed_n must be >= 1")
         return params
+
+
+@dataclass(frozen=True)
+class TuneTarget:
+    """``tune.classifier`` / ``tune.estimator``: one Optuna study and its trial budget."""
+
+    study: str
+    n_trials: int = 20  # finished trials (complete or pruned) over all workers
+    epochs: int = 10  # per trial (early stopping may end sooner)
+    train_limit: int = 20_000  # training stamps per trial (0: all)
+    val_limit: int = 0  # validation stamps per trial (0: all)
+    enqueue_defaults: bool = True  # trial 0 = the section's current values: the baseline
+    space: dict = dataclasses.field(default_factory=dict)
+    # classifier study: median pruning on val_accuracy
+    pruner_startup_trials: int = 5
+    pruner_warmup_epochs: int = 2
+    # estimator study: objectives (fidelity, maps/s) and the pick on the Pareto front
+    fidelity: str = "mse_skill_overall"  # or bogus_median_r (non-trivial bogus maps)
+    fidelity_floor: float = 0.9
+    speed_batch: int = 2048  # stamps timed per trial (val stamps)
+
+    FIDELITIES = ("mse_skill_overall", "bogus_median_r")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """The ``tune`` section: where studies live and what each searches."""
+
+    storage: str = ""  # "" -> the journal file below; else an Optuna storage URL
+    journal: str = "tuning/optuna-journal.log"
+    seed: int = 42
+    workers: int = 1
+    classifier: TuneTarget = TuneTarget("classifier")
+    estimator: TuneTarget = TuneTarget("estimator")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TuneParams:
+        _check_keys("tune", raw, {f.name for f in dataclasses.fields(cls)})
+        targets = {}
+        for name in ("classifier", "estimator"):
+            section = dict(raw.get(name, {}) or {})
+            _check_keys(f"tune.{name}", section, {f.name for f in dataclasses.fields(TuneTarget)})
+            defaults = TuneTarget(name)
+            values = {}
+            for field in dataclasses.fields(TuneTarget):
+                value = section.get(field.name, getattr(defaults, field.name))
+                kind = type(getattr(defaults, field.name))
+                if kind is bool and not isinstance(value, bool):
+                    raise ValueError(f"tune.{name}.{field.name} must be true or false, "
+                                     f"got {value!r}")
+                values[field.name] = dict(value or {}) if kind is dict else kind(value)
+            target = TuneTarget(**values)
+            if target.n_trials < 1 or target.epochs < 1 or target.speed_batch < 1:
+                raise ValueError(f"tune.{name}: n_trials, epochs and speed_batch must be >= 1")
+            if min(target.train_limit, target.val_limit) < 0:
+                raise ValueError(f"tune.{name}: train_limit and val_limit must be >= 0")
+            if target.fidelity not in TuneTarget.FIDELITIES:
+                raise ValueError(f"tune.{name}.fidelity must be one of "
+                                 f"{TuneTarget.FIDELITIES}, got {target.fidelity!r}")
+            targets[name] = target
+        params = cls(storage=str(raw.get("storage", "") or ""),
+                     journal=str(raw.get("journal", cls.journal)),
+                     seed=int(raw.get("seed", cls.seed)),
+                     workers=int(raw.get("workers", cls.workers)), **targets)
+        if params.workers < 1:
+            raise ValueError(f"tune.workers must be >= 1, got {params.workers}")
+        return params

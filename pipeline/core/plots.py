@@ -118,3 +118,51 @@ def deletion_curves_figure(fractions: np.ndarray, curves: dict[str, np.ndarray],
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def stamp_panel_figure(stamp: np.ndarray, occlusion_map: np.ndarray, caption: str = "",
+                       ) -> plt.Figure:
+    """One stamp's four channels (grey, [0, 1]) beside its map (symmetric colour scale).
+
+    stamp (21, 21, 4) in [0, 1]; occlusion_map (21, 21) raw map in [-1, 1].
+    """
+    fig, axes = plt.subplots(1, 5, figsize=(8.5, 2.0), dpi=100)
+    scale = max(float(np.abs(occlusion_map).max()), 1e-6)
+    for col, ax in enumerate(axes):
+        if col < 4:
+            ax.imshow(stamp[..., col], cmap="gray", vmin=0.0, vmax=1.0)
+            ax.set_title(CHANNEL_NAMES[col], fontsize=8)
+        else:
+            shown = ax.imshow(occlusion_map, cmap="RdBu_r", vmin=-scale, vmax=scale)
+            ax.set_title("occlusion map", fontsize=8)
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if caption:
+        fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(points: list[tuple[float, float]], front: list[int], chosen: int,
+                  fidelity_name: str, floor: float, labels: list[int]) -> plt.Figure:
+    """Trials as (fidelity, maps/s) points, the Pareto front joined, the fidelity floor and
+    the chosen trial marked; ``labels`` are the trials' numbers."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    xs = np.array([p[0] for p in points], float)
+    ys = np.array([p[1] for p in points], float)
+    ax.scatter(xs, ys, s=18, color="0.6", label="trials")
+    if front:
+        ax.plot(xs[front], ys[front], "o-", color="tab:blue", label="Pareto front")
+    ax.scatter([xs[chosen]], [ys[chosen]], s=120, facecolors="none", edgecolors="tab:red",
+               linewidths=2, label=f"chosen (trial {labels[chosen]})")
+    ax.axvline(floor, color="tab:red", linestyle="--", linewidth=1,
+               label=f"fidelity floor {floor:g}")
+    for x, y, label in zip(xs, ys, labels, strict=True):
+        ax.annotate(str(label), (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel(f"validation {fidelity_name} (higher is better)")
+    ax.set_ylabel("explainer maps/s (higher is better)")
+    ax.set_title("Estimator search: fidelity vs speed")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,202 @@
+"""``occmap``: explain HiTS stamps with occlusion maps, from the model registry.
+
+    occmap explain STAMPS --out MAPS.npz [--exact] [--model champion|VERSION] [--png DIR]
+
+Thin glue: stamps are read and checked here, the maps come from the registered
+``occlusion-estimator`` (one forward pass) or from the exact engine on the registered
+``hits-classifier`` (441 classifications per stamp).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+ESTIMATOR_NAME = "occlusion-estimator"
+CLASSIFIER_NAME = "hits-classifier"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def read_stamps(path: Path) -> dict[str, np.ndarray]:
+    """{"images": (N, 21, 21, 4) float32, finite[, "labels": (N,)]} from an ``.npz`` with
+    ``images`` (never unpickled) or a HiTS pickle (through the restricted unpickler);
+    ``ValueError`` naming ``path`` and the problem otherwise."""
+    from pipeline.core.data.hits import HitsDataError, load_hits_pickle
+    from pipeline.serving import check_stamps
+
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == ZIP_MAGIC
+    if is_zip:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "images" not in npz.files:
+                    raise ValueError(f"{path}: no array 'images' in the .npz; found {npz.files}")
+                arrays = {"images": npz["images"]}
+                if "labels" in npz.files:
+                    arrays["labels"] = npz["labels"]
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path}: unreadable .npz ({err})") from None
+        except ValueError as err:  # object arrays refused by allow_pickle=False
+            if str(err).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: unreadable .npz ({err})") from None
+    else:
+        try:
+            images, labels = load_hits_pickle(path)
+        except HitsDataError as err:
+            raise ValueError(f"{err} (expected an .npz with 'images' or a HiTS pickle)") \
+                from None
+        arrays = {"images": images, "labels": labels}
+    arrays["images"] = check_stamps(arrays["images"], source=str(path))
+    if len(arrays["images"]) == 0:
+        raise ValueError(f"{path}: holds no stamps")
+    return arrays
+
+
+def model_uri(name: str, model: str) -> str:
+    """``models:/name@alias`` for an alias, ``models:/name/version`` for a number."""
+    return f"models:/{name}/{model}" if model.isdigit() else f"models:/{name}@{model}"
+
+
+def estimated_maps(uri: str, stamps: np.ndarray, batch_size: int) -> np.ndarray:
+    """(N, 21, 21) maps of the pyfunc estimator at ``uri``, batch by batch with a bar."""
+    import mlflow.pyfunc
+    from tqdm import tqdm
+
+    model = mlflow.pyfunc.load_model(uri)
+    maps = np.zeros((len(stamps), 21, 21), np.float32)
+    with tqdm(total=len(stamps), unit="map", desc="estimated maps") as bar:
+        for start in range(0, len(stamps), batch_size):
+            stop = min(start + batch_size, len(stamps))
+            maps[start:stop] = model.predict(stamps[start:stop])
+            bar.update(stop - start)
+    return maps
+
+
+def exact_maps(uri: str, stamps: np.ndarray, occlusion) -> dict[str, np.ndarray]:
+    """Exact maps (N, 21, 21), target class (N,) and its probability (N,) under the
+    registered classifier at ``uri``."""
+    import mlflow.tensorflow
+
+    import pipeline.core.models  # noqa: F401  (registers the custom layers)
+    from pipeline.occlusion_maps import engine_for
+
+    classifier = mlflow.tensorflow.load_model(uri)
+    engine = engine_for(classifier, occlusion)
+    maps, target, base_prob = engine.maps(stamps, chunk_size=occlusion.chunk_size,
+                                          progress=True)
+    return {"maps": maps, "target": target, "base_prob": base_prob}
+
+
+def write_panels(directory: Path, stamps: np.ndarray, maps: np.ndarray, captions: list[str]):
+    """One PNG per stamp (channels beside the map) in ``directory``, made in a temporary
+    folder first so a failure leaves no partial set behind."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.core.plots import stamp_panel_figure
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for index, caption in enumerate(captions):
+            figure = stamp_panel_figure(stamps[index], maps[index], caption)
+            figure.savefig(temp / f"stamp_{index:06d}.png", format="png")
+            plt.close(figure)
+        directory.mkdir(exist_ok=True)
+        for png in sorted(temp.iterdir()):
+            os.replace(png, directory / png.name)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pipeline", prog_name="occmap")
+def main():
+    """Occlusion maps for HiTS real/bogus stamps, from the MLflow model registry.
+
+    The registry is the project's MLflow store (mlruns/mlflow.db) unless
+    MLFLOW_TRACKING_URI or --tracking-uri names another one.
+    """
+
+
+@main.command()
+@click.argument("stamps", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the maps (.npz: maps (N, 21, 21) float32, ...).")
+@click.option("--exact", is_flag=True,
+              help="Exact maps (441 classifications per stamp) with the registered "
+                   "classifier instead of the one-pass estimator.")
+@click.option("--model", default="champion", show_default=True, metavar="ALIAS|VERSION",
+              help=f"Which registered version: an alias or a version number of "
+                   f"{ESTIMATOR_NAME} (with --exact: of {CLASSIFIER_NAME}).")
+@click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write one PNG per stamp (its four channels beside its map) here.")
+@click.option("--png-limit", default=100, show_default=True, type=click.IntRange(min=0),
+              help="At most this many PNGs, the first stamps of the file (0: all).")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Stamps per estimator call.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+              help="MLflow tracking/registry URI [default: the project's store; env: "
+                   "MLFLOW_TRACKING_URI].")
+def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | None,
+            png_limit: int, batch_size: int, tracking_uri: str | None):
+    """Compute the occlusion map of every stamp in STAMPS.
+
+    STAMPS is an .npz with an array 'images' (N, 21, 21, 4) in [0, 1] (and optionally
+    'labels'), or a HiTS2013 pickle (read without running code from it). MAPS.npz gets
+    'maps' (N, 21, 21) float32: the drop of the explained class's probability when the
+    3x3 patch around each pixel is hidden (positive: evidence for the class), plus
+    'method', 'model_uri', and with --exact 'target' and 'base_prob'.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        arrays = read_stamps(stamps)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    images = arrays["images"]
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core import tracking
+    from pipeline.core.params import OcclusionParams
+    from pipeline.io import atomic_paths, save_npz
+
+    uri = tracking_uri or tracking.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = CLASSIFIER_NAME if exact else ESTIMATOR_NAME
+    source = model_uri(name, model)
+    try:
+        if exact:
+            result = exact_maps(source, images, OcclusionParams())
+        else:
+            result = {"maps": estimated_maps(source, images, batch_size)}
+    except MlflowException as err:
+        raise click.ClickException(
+            f"{source}: cannot load it from {uri} ({err.message.splitlines()[0]}); "
+            "run dvc repro to train and promote a model, or pick another --model") from None
+    result |= {"method": np.array("exact" if exact else "estimate"),
+               "model_uri": np.array(source)}
+    if "labels" in arrays:
+        result["labels"] = arrays["labels"]
+
+    with atomic_paths(out) as (temp,):
+        save_npz(temp, result)
+        if png_dir is not None:
+            count = len(images) if png_limit == 0 else min(png_limit, len(images))
+            captions = [f"{stamps.name} #{i} ({'exact' if exact else 'estimated'} map)"
+                        for i in range(count)]
+            write_panels(png_dir, images, result["maps"], captions)
+    click.echo(f"occmap: {len(images)} {'exact' if exact else 'estimated'} maps from "
+               f"{source} -> {out}" + (f" (+ PNGs in {png_dir})" if png_dir else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""`occmap explain`: estimated and exact maps from the registry's champions, PNG panels, and
+clear errors that leave nothing written."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import VENV_BIN
+from pipeline.cli import main
+
+
+@pytest.fixture(scope="module")
+def stamps_file(tiny_champion):
+    """Seven test stamps with labels as an .npz, and the tiny project (dir, env)."""
+    tmp_path, env = tiny_champion
+    with np.load(tmp_path / "data" / "prepared" / "test.npz") as npz:
+        images, labels = npz["images"][:7], npz["labels"][:7]
+    path = tmp_path / "stamps.npz"
+    np.savez(path, images=images, labels=labels)
+    return path, images, labels, tmp_path, env
+
+
+def _explain(env, *args):
+    return CliRunner().invoke(main, ["explain", *map(str, args)],
+                              env={"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
+
+
+def test_help_reads_well():
+    result = subprocess.run([str(VENV_BIN / "occmap"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "explain" in result.stdout
+    result = subprocess.run([str(VENV_BIN / "occmap"), "explain", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for option in ("--out", "--exact", "--model", "--png", "champion"):
+        assert option in result.stdout
+
+
+@pytest.mark.slow
+def test_estimated_maps_equal_the_explainer_and_panels_are_written(stamps_file, tmp_path):
+    path, images, labels, project, env = stamps_file
+    out, panels = tmp_path / "maps.npz", tmp_path / "panels"
+    result = _explain(env, path, "--out", out, "--png", panels, "--png-limit", 3)
+    assert result.exit_code == 0, result.output
+    import keras
+
+    import pipeline.core.models  # noqa: F401
+
+    explainer = keras.saving.load_model(project / "models" / "estimator.keras", compile=False)
+    with np.load(out, allow_pickle=False) as npz:
+        np.testing.assert_allclose(npz["maps"], explainer.predict(images, verbose=0),
+                                   atol=1e-6)
+        np.testing.assert_array_equal(npz["labels"], labels)
+        assert str(npz["method"]) == "estimate"
+        assert str(npz["model_uri"]) == "models:/occlusion-estimator@champion"
+    assert sorted(p.name for p in panels.iterdir()) == [
+        "stamp_000000.png", "stamp_000001.png", "stamp_000002.png"]
+    assert (panels / "stamp_000000.png").read_bytes()[:4] == b"\x89PNG"
+    # a version number works as well as an alias
+    again = _explain(env, path, "--out", tmp_path / "v1.npz", "--model", "1")
+    assert again.exit_code == 0, again.output
+    with np.load(tmp_path / "v1.npz") as first, np.load(out) as second:
+        np.testing.assert_array_equal(first["maps"], second["maps"])
+
+
+@pytest.mark.slow
+def test_exact_maps_of_a_hits_pickle_equal_the_engine(stamps_file, tmp_path):
+    path, images, labels, project, env = stamps_file
+    pickled = tmp_path / "stamps.pkl"
+    pickled.write_bytes(pickle.dumps({"images": images, "labels": labels}))
+    out = tmp_path / "exact.npz"
+    result = _explain(env, pickled, "--out", out, "--exact")
+    assert result.exit_code == 0, result.output
+    import keras
+
+    import pipeline.core.models  # noqa: F401
+    from pipeline.core.occlusion import keras_predict_fn, occlusion_maps
+
+    classifier = keras.saving.load_model(project / "models" / "classifier.keras")
+    maps, target, base_prob = occlusion_maps(keras_predict_fn(classifier), images)
+    with np.load(out, allow_pickle=False) as npz:
+        np.testing.assert_allclose(npz["maps"], maps, atol=1e-5)
+        np.testing.assert_array_equal(npz["target"], target)
+        np.testing.assert_allclose(npz["base_prob"], base_prob, atol=1e-6)
+        assert str(npz["model_uri"]) == "models:/hits-classifier@champion"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no images", "NaN", "not stamps", "unknown version"])
+def test_bad_input_gives_a_clear_error_and_writes_nothing(stamps_file, tmp_path, case):
+    path, images, _, _, env = stamps_file
+    bad = tmp_path / "bad.npz"
+    args = []
+    if case == "no images":
+        np.savez(bad, stamps=images)
+        expected = f"{bad}: no array 'images' in the .npz"
+    elif case == "NaN":
+        broken = images.copy()
+        broken[4, 0, 0, 2] = np.nan
+        np.savez(bad, images=broken)
+        expected = f"{bad}: stamps hold NaN or infinite values (first in stamp 4)"
+    elif case == "not stamps":
+        bad.write_text("template,science\n1,2\n")
+        expected = f"{bad}: corrupt or truncated pickle"
+    else:
+        bad, args = path, ["--model", "99"]
+        expected = "models:/occlusion-estimator/99: cannot load it"
+    out, panels = tmp_path / "maps.npz", tmp_path / "panels"
+    result = _explain(env, bad, "--out", out, "--png", panels, *args)
+    assert result.exit_code == 1, result.output
+    assert expected in result.output
+    # nothing written: no maps, no panels, no temporary leftovers
+    assert [p.name for p in tmp_path.iterdir()] == ([bad.name] if bad.parent == tmp_path
+                                                    else [])
