@@ -70,8 +70,8 @@ def test_suggestions_become_a_params_section_and_dvc_overrides():
         "arch": "seed", "learning_rate": 0.003, "hparams": {"dense": 20, "filters": 16}}
     assert base["hparams"] == {"dense": 10}  # the base section is not modified
     assert search.overrides(values, fields, "classifier") == {
-        "classifier.learning_rate": 0.003, "classifier.hparams.filters": 16,
-        "classifier.hparams.dense": 20}
+        "classifier.learning_rate": 0.003, "++classifier.hparams.filters": 16,
+        "++classifier.hparams.dense": 20}
 
 
 def test_pareto_front_by_hand():

@@ -111,10 +111,11 @@ def apply(base: Mapping, values: Mapping, fields: Iterable[str]) -> dict:
 
 
 def overrides(values: Mapping, fields: Iterable[str], section: str) -> dict[str, object]:
-    """``values`` as dotted params keys, ``{"classifier.learning_rate": 0.01,
-    "classifier.hparams.filters": 16}``, the form ``dvc exp run -S`` takes."""
+    """``values`` as ``dvc exp run -S`` keys, ``{"classifier.learning_rate": 0.01,
+    "++classifier.hparams.filters": 16}``: builder keywords take Hydra's ``++`` (add or
+    override), since ``hparams`` is often empty and a plain key must already exist."""
     fields = set(fields)
-    return {(f"{section}.{name}" if name in fields else f"{section}.hparams.{name}"): value
+    return {(f"{section}.{name}" if name in fields else f"++{section}.hparams.{name}"): value
             for name, value in values.items()}
 
 
