@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 
 from pipeline.core.models import estimators  # noqa: E402
 from pipeline.core.models.classifiers import build_classifier  # noqa: E402
-from pipeline.core.models.layers import ClassCondition  # noqa: E402
+from pipeline.core.models.layers import ClassCondition, Headroom  # noqa: E402
 
 STAMPS = np.random.default_rng(0).random((6, 21, 21, 4)).astype(np.float32)
 
@@ -25,6 +25,10 @@ def seed_classifier():
 def test_each_builder_maps_stamps_to_21x21_maps_in_range(seed_classifier, arch, condition, dim):
     vector = estimators.condition_model(seed_classifier, condition).predict(STAMPS, verbose=0)
     assert vector.shape == (6, dim)
+    if arch == "headroom_ae" and condition == "class":
+        with pytest.raises(ValueError, match="needs the softmax margin"):
+            estimators.build_estimator(arch, seed_classifier, (3,), dim)
+        return
     model = estimators.build_estimator(arch, seed_classifier, (3,), dim)
     maps = model.predict([STAMPS, vector], verbose=0)
     assert maps.shape == (6, 21, 21) and np.abs(maps).max() <= 1.0
@@ -64,6 +68,33 @@ def test_class_condition_by_hand():
     with_margin = ClassCondition(margin=True)(probabilities).numpy()
     np.testing.assert_allclose(with_margin[:, 2], [np.log(4) / 10, np.log(9) / 10, 3.0],
                                rtol=1e-5)
+
+
+def test_headroom_scales_the_shares_by_the_probabilitys_exact_bounds():
+    probabilities = np.array([[0.3, 0.7], [0.99, 0.01]], np.float32)
+    condition = ClassCondition(margin=True)(probabilities)
+    positive = np.zeros((2, 21, 21), np.float32)
+    negative = np.zeros((2, 21, 21), np.float32)
+    positive[:, 0, 0] = 1.0  # the whole probability drops
+    negative[:, 1, 1] = 1.0  # the probability rises to 1
+    positive[:, 2, 2] = negative[:, 2, 2] = 0.5
+    maps = Headroom()([positive, negative, condition]).numpy()
+    p = np.array([0.7, 0.99])
+    np.testing.assert_allclose(maps[:, 0, 0], p, rtol=1e-5)
+    np.testing.assert_allclose(maps[:, 1, 1], -(1 - p), rtol=1e-4)
+    np.testing.assert_allclose(maps[:, 2, 2], 0.5 * p - 0.5 * (1 - p), rtol=1e-4)
+    assert np.count_nonzero(maps) == 6
+
+
+def test_headroom_ae_maps_stay_inside_the_bounds_and_reload(seed_classifier, tmp_path):
+    model = estimators.build_estimator("headroom_ae", seed_classifier, (3,), 3)
+    explainer = estimators.explainer(seed_classifier, model, "margin")
+    maps = explainer.predict(STAMPS, verbose=0)
+    p = seed_classifier.predict(STAMPS, verbose=0).max(axis=1)[:, None, None]
+    assert (maps <= p + 1e-6).all() and (maps >= -(1 - p) - 1e-6).all()
+    explainer.save(tmp_path / "headroom.keras")
+    again = keras.saving.load_model(tmp_path / "headroom.keras", compile=False)
+    np.testing.assert_allclose(again.predict(STAMPS, verbose=0), maps, atol=1e-6)
 
 
 def test_relative_map_loss_by_hand():

@@ -179,7 +179,7 @@ class EstimatorParams:
     freeze_encoder: bool = True
     hparams: dict = dataclasses.field(default_factory=dict)  # builder keywords
 
-    ARCHS = ("seed_ae", "unet", "gated_ae")
+    ARCHS = ("seed_ae", "unet", "gated_ae", "headroom_ae")
     CONDITIONS = ("class", "margin", "features")
 
     @classmethod

@@ -21,6 +21,13 @@ Variants (``ESTIMATORS``):
   magnitude in amplitude (a saturated softmax hardly moves), which one decoder fitting
   raw values learns badly; with the amplitude split off, the shape is learned at unit
   scale. Trained with ``relative_map_loss`` so small maps count.
+- ``headroom_ae``: also aimed at the bogus class, where ``gated_ae`` fails on a deep CNN:
+  its amplitude head collapses to zero for the predicted-bogus stamps, because most of
+  them have trivial maps (a saturated softmax) and it cannot learn WHICH do not. Here two
+  sigmoid decoders predict the fraction of the largest possible drop and rise of p at
+  each pixel, and the ``Headroom`` layer scales them by the exact bounds the classifier's own
+  probability p sets: map = positive x p - negative x (1 - p). Needs the margin in the
+  condition (``margin`` or ``features``).
 """
 
 from __future__ import annotations
@@ -28,11 +35,17 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from pipeline.core.models.layers import ClassCondition, SelectChannels, TileCondition
+from pipeline.core.models.layers import (
+    ClassCondition,
+    Headroom,
+    SelectChannels,
+    TileCondition,
+)
 
 MAP_SHAPE = (21, 21)
 STAMP_SHAPE = (21, 21, 4)
 CONDITIONS = ("class", "margin", "features")
+SHARE_BIAS = -4.0
 
 
 def condition_model(classifier: keras.Model, condition: str = "class") -> keras.Model:
@@ -91,14 +104,16 @@ def _encoder(x, spec: list[dict]):
     return layers.MaxPooling2D(2, name="enc_pool")(x)  # 21 -> 10
 
 
-def _decoder(x, filters: int, activation: str, name: str):
-    """Dense code -> (B, 21, 21) through 11x11 maps and one transposed convolution."""
+def _decoder(x, filters: int, activation: str, name: str, out_bias: float = 0.0):
+    """Dense code -> (B, 21, 21) through 11x11 maps and one transposed convolution;
+    ``out_bias`` initialises the last layer's bias (where the output starts)."""
     x = layers.Dense(11 * 11 * filters, activation="relu", name=f"{name}_dense")(x)
     x = layers.Reshape((11, 11, filters), name=f"{name}_grid")(x)
     x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu",
                                name=f"{name}_up")(x)  # 22x22
     x = layers.Cropping2D(((0, 1), (0, 1)), name=f"{name}_crop")(x)
-    x = layers.Conv2D(1, 3, padding="same", activation=activation, name=f"{name}_out")(x)
+    x = layers.Conv2D(1, 3, padding="same", activation=activation, name=f"{name}_out",
+                      bias_initializer=keras.initializers.Constant(out_bias))(x)
     return layers.Reshape(MAP_SHAPE, name=f"{name}_map")(x)
 
 
@@ -136,6 +151,23 @@ def build_gated_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck
     return keras.Model([stamps, condition], maps, name=name)
 
 
+def build_headroom_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
+                      decoder_filters: int = 8, name: str = "headroom_ae") -> keras.Model:
+    """[stamps (B,21,21,4), condition (B,D >= 3, column 2 the scaled margin)] ->
+    positive (B,21,21) x p - negative (B,21,21) x (1 - p), in [-(1 - p), p]."""
+    if condition_dim < 3:
+        raise ValueError("headroom_ae needs the softmax margin in its condition "
+                         "(estimator.condition margin or features), got a condition of "
+                         f"{condition_dim} values")
+    stamps, condition, code = _conditioned_trunk(channels, condition_dim, spec, bottleneck)
+    # Shares start near 0 (sigmoid(-4) = 0.018), as most maps are: from 0.5 the map would
+    # start at p - 0.5 everywhere and take many epochs to come down.
+    positive = _decoder(code, decoder_filters, "sigmoid", "drop", SHARE_BIAS)  # of p, removed
+    negative = _decoder(code, decoder_filters, "sigmoid", "rise", SHARE_BIAS)  # of 1 - p, added
+    maps = Headroom(margin_index=2, name="map")([positive, negative, condition])
+    return keras.Model([stamps, condition], maps, name=name)
+
+
 def build_unet(channels, condition_dim: int, spec: list[dict] | None = None, *,
                base_filters: int = 16, name: str = "unet") -> keras.Model:
     """[stamps (B,21,21,4), condition (B,D)] -> map (B,21,21) in [-1, 1]."""
@@ -165,7 +197,8 @@ def build_unet(channels, condition_dim: int, spec: list[dict] | None = None, *,
     return keras.Model([stamps, condition], maps, name=name)
 
 
-ESTIMATORS = {"seed_ae": build_seed_ae, "unet": build_unet, "gated_ae": build_gated_ae}
+ESTIMATORS = {"seed_ae": build_seed_ae, "unet": build_unet, "gated_ae": build_gated_ae,
+              "headroom_ae": build_headroom_ae}
 
 
 def build_estimator(arch: str, classifier: keras.Model, channels, condition_dim: int, *,

@@ -71,6 +71,7 @@ class RotationPool(keras.layers.Layer):
 
 # Softmax margins beyond this many nats are all "saturated": their maps are ~0 anyway.
 MARGIN_CAP = 30.0
+MARGIN_SCALE = 10.0  # the margin is passed on divided by this, to lie in [0, 3]
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -96,7 +97,7 @@ class ClassCondition(keras.layers.Layer):
             return one_hot
         top2 = ops.top_k(probabilities, 2)[0]
         log_top2 = ops.log(ops.maximum(top2, 1e-37))
-        margin = ops.clip(log_top2[:, :1] - log_top2[:, 1:], 0.0, MARGIN_CAP) / 10.0
+        margin = ops.clip(log_top2[:, :1] - log_top2[:, 1:], 0.0, MARGIN_CAP) / MARGIN_SCALE
         return ops.concatenate([one_hot, margin], axis=-1)
 
     def compute_output_shape(self, input_shape):
@@ -124,3 +125,35 @@ class TileCondition(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "height": self.height, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Headroom(keras.layers.Layer):
+    """[positive (B, H, W) in [0, 1], negative (B, H, W) in [0, 1], condition (B, D)] ->
+    map = positive * p - negative * (1 - p) (B, H, W), in [-(1 - p), p].
+
+    p is the explained (predicted) class's probability, recovered exactly from the scaled
+    log-odds margin that ``ClassCondition(margin=True)`` puts in column ``margin_index``
+    (two classes: p = sigmoid(margin)). A mean-reduced occlusion map of the predicted class
+    lies in exactly that interval: hiding a patch can lower p at most to 0 and raise it at
+    most to 1. So the heads learn FRACTIONS of the possible drop, which do not depend on how
+    saturated the softmax is; the saturation, which sets the map's amplitude over orders of
+    magnitude, is applied exactly instead of being learned.
+    """
+
+    def __init__(self, margin_index: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.margin_index = int(margin_index)
+
+    def call(self, inputs):
+        positive, negative, condition = inputs
+        margin = condition[:, self.margin_index] * MARGIN_SCALE
+        p = ops.sigmoid(margin)[:, None, None]
+        return positive * p - negative * (1.0 - p)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "margin_index": self.margin_index}
+
