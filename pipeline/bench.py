@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from pipeline.core.data import stats, synthetic
+from pipeline.core.params import EstimatorParams
 
 
 def bench_generator(n: int, seed: int, preset: str) -> dict:
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     est.add_argument("--arch", default="seed", choices=sorted(OCCLUSION_CHUNK),
                      help="the classifier (default seed)")
     est.add_argument("--estimator", default="gated_ae",
-                     choices=("seed_ae", "unet", "gated_ae"), help="default gated_ae")
+                     choices=EstimatorParams.ARCHS, help="default gated_ae")
     est.add_argument("--condition", default="features", choices=("class", "margin", "features"))
     est.add_argument("--n", type=int, default=None,
                      help="stamps (default 2048 for seed, 64 for deephits)")
