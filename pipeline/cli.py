@@ -20,6 +20,7 @@ import numpy as np
 ESTIMATOR_NAME = "occlusion-estimator"
 CLASSIFIER_NAME = "hits-classifier"
 ZIP_MAGIC = b"PK\x03\x04"
+CLASS_NAMES = ("bogus", "real")
 
 
 def read_stamps(path: Path) -> dict[str, np.ndarray]:
@@ -191,7 +192,9 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
         save_npz(temp, result)
         if png_dir is not None:
             count = len(images) if png_limit == 0 else min(png_limit, len(images))
-            captions = [f"{stamps.name} #{i} ({'exact' if exact else 'estimated'} map)"
+            captions = [f"{stamps.name} #{i}: {'exact' if exact else 'estimated'} map"
+                        + (f" of class {CLASS_NAMES[result['target'][i]]}, p = "
+                           f"{result['base_prob'][i]:.3f}" if exact else "")
                         for i in range(count)]
             write_panels(png_dir, images, result["maps"], captions)
     click.echo(f"occmap: {len(images)} {'exact' if exact else 'estimated'} maps from "

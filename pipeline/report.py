@@ -98,9 +98,15 @@ def results_markdown(metrics: dict[str, dict]) -> str:
         f"({sum(occ[s]['n'] for s in ('train', 'val', 'test')):,} maps) |",
         f"| train_estimator | {train_e['training']['seconds']:.0f} s "
         f"({train_e['training']['epochs_run']} epochs) |",
-        "",
-        f"![exact vs estimated maps]({GALLERY_COPY.as_posix()})",
     ]
+    promote = metrics.get("promote")
+    if promote:
+        pair = " + ".join(f"{v['name']} v{v['version']}"
+                          for v in promote["candidate"]["versions"].values())
+        lines += ["", f"Promotion: **{promote['decision']}**"
+                  f"{' (forced)' if promote.get('forced') else ''}, {pair}: "
+                  f"{promote['reason']}."]
+    lines += ["", f"![exact vs estimated maps]({GALLERY_COPY.as_posix()})"]
     return "\n".join(lines)
 
 
@@ -112,6 +118,9 @@ def main() -> None:
         if not file.is_file():
             raise FileNotFoundError(f"{file}: not found (run make repro first)")
         metrics[stage] = json.loads(file.read_text())
+    promote_file = Path(paths.metrics_dir) / "promote.json"
+    if promote_file.is_file():  # the promote stage runs last; older runs may lack it
+        metrics["promote"] = json.loads(promote_file.read_text())
     text = README.read_text()
     if text.count(START) != 1 or text.count(END) != 1:
         raise ValueError(f"{README}: needs exactly one {START} and one {END} marker")

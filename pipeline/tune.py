@@ -367,8 +367,12 @@ def coordinate(target: str, workers: int, n_trials: int | None) -> None:
                           tags={"stage": f"tune_{target}", "optuna_study": spec.study,
                                 "git_commit": tracking.git_commit()}) as parent:
         study.set_user_attr(PARENT_RUN_ATTR, parent.info.run_id)
-        mlflow.log_params({"n_trials": n_trials, "workers": workers,
-                           **{f"space.{k}": str(v) for k, v in spec.space.items()}})
+        if parent_id is None:  # MLflow params are write-once: a resumed study keeps its own
+            mlflow.log_params({"n_trials": n_trials, "workers": workers,
+                               **{f"space.{k}": str(v) for k, v in spec.space.items()}})
+        else:
+            mlflow.set_tag(f"resumed_{int(time.time())}", f"n_trials={n_trials} "
+                           f"workers={workers}")
         command = [sys.executable, "-m", "pipeline.tune", target, "--worker-of",
                    parent.info.run_id, "--n-trials", str(n_trials)]
         others = [subprocess.Popen([*command, "--worker-index", str(i)])

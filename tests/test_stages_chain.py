@@ -126,8 +126,9 @@ def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
 
 
 @pytest.mark.slow
-def test_evaluate_stage_end_to_end(tiny_evaluated):
-    tmp_path, env = tiny_evaluated
+def test_evaluate_stage_end_to_end(tiny_champion):
+    # tiny_champion: evaluate, then promote (whose decision the report shows too)
+    tmp_path, env = tiny_champion
     figures = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     classifier = json.loads((tmp_path / "metrics" / "train_classifier.json").read_text())
     # the same classifier on the same test split: the same accuracy as its own stage
@@ -169,3 +170,6 @@ def test_evaluate_stage_end_to_end(tiny_evaluated):
     assert "old" not in text and "| non-trivial, true bogus |" in text
     assert f"{figures['classifier']['accuracy'] * 100:.2f} %" in text
     assert (tmp_path / "docs" / "gallery.png").read_bytes() == (out / "gallery.png").read_bytes()
+    promote = json.loads((tmp_path / "metrics" / "promote.json").read_text())
+    assert (f"Promotion: **{promote['decision']}**{' (forced)' if promote['forced'] else ''}, "
+            "hits-classifier v1 + occlusion-estimator v1: ") in text

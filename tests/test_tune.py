@@ -244,6 +244,12 @@ def test_classifier_study_on_tiny_data_writes_the_best_params(tune_project):
     parent, children = _nested_runs(env, "classifier")
     assert len(children) == 3 and parent.data.params["n_trials"] == "3"
     assert {c.data.tags["optuna_trial"] for c in children} == {"0", "1", "2"}
+    # run again asking for one more trial: the study resumes under the same parent run
+    run_stage("tune", project, env, "classifier", "--n-trials", "4", "--workers", "1")
+    assert len([t for t in _study(project / "tuning" / "optuna-journal.log").get_trials()
+                if t.state in search.FINISHED]) == 4
+    again, children = _nested_runs(env, "classifier")
+    assert again.info.run_id == parent.info.run_id and len(children) == 4
 
 
 @pytest.mark.slow
