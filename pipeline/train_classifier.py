@@ -8,7 +8,6 @@ run ``train_classifier`` and registers a new version of ``hits-classifier``.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,20 +35,16 @@ def fit_classifier(cfg: ClassifierParams, splits: dict, callbacks=(), verbose: i
     import keras
 
     from pipeline.core.models.classifiers import build_classifier, compile_classifier
+    from pipeline.core.models.training import fit_early_stopping
 
     keras.utils.set_random_seed(cfg.seed)
     model = compile_classifier(build_classifier(cfg.arch, cfg.channels, **cfg.hparams),
                                cfg.optimizer, cfg.learning_rate)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                            restore_best_weights=True)
-    start = time.perf_counter()
-    history = model.fit(
-        splits["train"]["images"], splits["train"]["labels"],
-        validation_data=(splits["val"]["images"], splits["val"]["labels"]),
-        batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
-        callbacks=[stopper, *callbacks], verbose=verbose,
-    ).history
-    return model, history, time.perf_counter() - start
+    history, seconds = fit_early_stopping(
+        model, (splits["train"]["images"], splits["train"]["labels"]),
+        (splits["val"]["images"], splits["val"]["labels"]), batch_size=cfg.batch_size,
+        epochs=cfg.epochs, patience=cfg.patience, callbacks=callbacks, verbose=verbose)
+    return model, history, seconds
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ and registers a new version of ``occlusion-estimator`` (an MLflow pyfunc).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +71,7 @@ def fit_estimator(cfg: EstimatorParams, classifier, splits: dict, callbacks=(),
 
     from pipeline.core.models import estimators
     from pipeline.core.models.classifiers import make_optimizer
+    from pipeline.core.models.training import fit_early_stopping
 
     keras.utils.set_random_seed(cfg.seed)
     model = estimators.build_estimator(
@@ -79,17 +79,13 @@ def fit_estimator(cfg: EstimatorParams, classifier, splits: dict, callbacks=(),
         copy_weights=cfg.copy_weights, freeze_encoder=cfg.freeze_encoder, **cfg.hparams)
     model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
                   loss=estimators.relative_map_loss(cfg.shape_weight), metrics=["mse"])
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                            restore_best_weights=True)
-    start = time.perf_counter()
-    history = model.fit(
-        [splits["train"]["images"], splits["train"]["condition"]], splits["train"]["maps"],
-        validation_data=([splits["val"]["images"], splits["val"]["condition"]],
-                         splits["val"]["maps"]),
-        batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
-        callbacks=[stopper, *callbacks], verbose=verbose,
-    ).history
-    return model, history, time.perf_counter() - start
+    history, seconds = fit_early_stopping(
+        model, ([splits["train"]["images"], splits["train"]["condition"]],
+                splits["train"]["maps"]),
+        ([splits["val"]["images"], splits["val"]["condition"]], splits["val"]["maps"]),
+        batch_size=cfg.batch_size, epochs=cfg.epochs, patience=cfg.patience,
+        callbacks=callbacks, verbose=verbose)
+    return model, history, seconds
 
 
 def main() -> None:

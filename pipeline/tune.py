@@ -207,7 +207,7 @@ def classifier_objective(params: dict, spec: TuneTarget, splits: dict, parent_ru
                                 "parameters": model.count_params()})
         return accuracy
 
-    return objective, space, fields
+    return objective
 
 
 def estimator_objective(params: dict, spec: TuneTarget, splits: dict, classifier,
@@ -217,7 +217,7 @@ def estimator_objective(params: dict, spec: TuneTarget, splits: dict, classifier
 
     from pipeline.core import fidelity
     from pipeline.core.models import estimators
-    from pipeline.serving import compile_explainer, predict_maps
+    from pipeline.serving import compile_explainer
     from pipeline.train_estimator import fit_estimator
 
     space = search.parse_space(spec.space, "estimator")
@@ -255,7 +255,7 @@ def estimator_objective(params: dict, spec: TuneTarget, splits: dict, classifier
                                               val["target"], class_means)
             score = report["headline"][spec.fidelity]
             explain = compile_explainer(estimators.explainer(classifier, model, cfg.condition))
-            maps_per_s = _maps_per_s(explain, speed_stamps, predict_maps)
+            maps_per_s = _maps_per_s(explain, speed_stamps)
             mlflow.log_metrics({"train_seconds": seconds, "epochs_run": len(history["loss"]),
                                 "parameters": model.count_params(), "maps_per_s": maps_per_s,
                                 **{f"val_{k}": float(v) for k, v in report["headline"].items()
@@ -263,12 +263,14 @@ def estimator_objective(params: dict, spec: TuneTarget, splits: dict, classifier
         # an unmeasurable fidelity (no non-trivial bogus maps) fails the trial, not the study
         return (float("nan") if score is None else float(score)), maps_per_s
 
-    return objective, space, fields
+    return objective
 
 
-def _maps_per_s(explain, stamps: np.ndarray, predict_maps, repeats: int = 3) -> float:
+def _maps_per_s(explain, stamps: np.ndarray, repeats: int = 3) -> float:
     """Best of ``repeats`` timings of the compiled explainer on ``stamps`` (after a warm-up
     call), in maps per second."""
+    from pipeline.serving import predict_maps
+
     predict_maps(explain, stamps)
     best = float("inf")
     for _ in range(repeats):
@@ -316,9 +318,9 @@ def work(target: str, n_trials: int, worker_index: int, parent_run_id: str) -> N
     tracking.configure()
     study = open_study(target, spec, cfg, storage_for(cfg), worker_index)
     if target == "classifier":
-        objective = classifier_objective(params, spec, splits, parent_run_id)[0]
+        objective = classifier_objective(params, spec, splits, parent_run_id)
     else:
-        objective = estimator_objective(params, spec, splits, classifier, parent_run_id)[0]
+        objective = estimator_objective(params, spec, splits, classifier, parent_run_id)
 
     from optuna.trial import TrialState
 

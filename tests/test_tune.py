@@ -306,7 +306,7 @@ def test_a_trial_the_pruner_stops_is_recorded_as_pruned(tune_project, monkeypatc
     study = optuna.create_study(direction="maximize",
                                 pruner=optuna.pruners.ThresholdPruner(lower=1.5))
     with mlflow.start_run(run_name="tune_pruning_test") as parent:
-        objective = classifier_objective(params, spec, splits, parent.info.run_id)[0]
+        objective = classifier_objective(params, spec, splits, parent.info.run_id)
         study.optimize(objective, n_trials=1)
         assert mlflow.active_run().info.run_id == parent.info.run_id  # parent still open
     [trial] = study.trials
