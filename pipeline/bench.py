@@ -187,9 +187,9 @@ ESTIMATOR_BATCH = 4096
 
 
 def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int,
-                    chunk_size: int | None) -> dict:
+                    chunk_size: int | None, batch_size: int = ESTIMATOR_BATCH) -> dict:
     """Estimated maps/s (the explainer: classifier pass + estimator, compiled, batches of
-    ``ESTIMATOR_BATCH``) and exact maps/s (the engine) on the same stamps, timed
+    ``batch_size`` stamps) and exact maps/s (the engine) on the same stamps, timed
     alternately over ``SLICES`` slices in this process after warm-up; their ratio.
 
     The exact engine is slow for the deep net, so ``n`` stays small there; the estimator
@@ -221,9 +221,9 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
     engine = OcclusionEngine(predict, 21, 21, channels=seen)
 
     slices = np.array_split(np.arange(n), min(SLICES, n))
-    batches = [tf.constant(np.resize(stamps[part], (ESTIMATOR_BATCH, 21, 21, 4)))
+    batches = [tf.constant(np.resize(stamps[part], (batch_size, 21, 21, 4)))
                for part in slices]
-    conditions = [tf.constant(conditioner.predict(b, batch_size=ESTIMATOR_BATCH, verbose=0))
+    conditions = [tf.constant(conditioner.predict(b, batch_size=batch_size, verbose=0))
                   for b in batches]
     explain(batches[0]).numpy()  # warm-up: trace
     classify(batches[0]).numpy()
@@ -235,12 +235,12 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
         seconds["engine"] += _seconds(lambda p=part: engine.maps(stamps[p], chunk_size=chunk))
         seconds["classifier"] += _seconds(lambda b=batch: classify(b).numpy())
         seconds["estimator_only"] += _seconds(lambda b=batch, c=vector: estimate_only(b, c).numpy())
-    estimated = len(slices) * ESTIMATOR_BATCH
+    estimated = len(slices) * batch_size
     estimator_maps_per_s = estimated / seconds["estimator"]
     exact_maps_per_s = n / seconds["engine"]
     return {
         "arch": arch, "estimator": estimator, "condition": condition, "n": n,
-        "chunk_size": chunk, "estimator_batch": ESTIMATOR_BATCH,
+        "chunk_size": chunk, "estimator_batch": batch_size,
         "classifier_parameters": classifier.count_params(),
         "estimator_parameters": model.count_params(),
         "estimator_maps_per_s": estimator_maps_per_s,
@@ -296,10 +296,12 @@ def main(argv: list[str] | None = None) -> None:
                      help="the classifier (default seed)")
     est.add_argument("--estimator", default="gated_ae",
                      choices=EstimatorParams.ARCHS, help="default gated_ae")
-    est.add_argument("--condition", default="features", choices=("class", "margin", "features"))
+    est.add_argument("--condition", default="features", choices=EstimatorParams.CONDITIONS)
     est.add_argument("--n", type=int, default=None,
                      help="stamps (default 2048 for seed, 64 for deephits)")
     est.add_argument("--chunk-size", type=int, default=None)
+    est.add_argument("--batch-size", type=int, default=ESTIMATOR_BATCH,
+                     help=f"stamps per explainer call (default {ESTIMATOR_BATCH})")
     est.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -310,10 +312,10 @@ def main(argv: list[str] | None = None) -> None:
         _print_generator(figures)
     elif args.target == "estimator":
         n = args.n or (2048 if args.arch == "seed" else 64)
-        if n < 2:
-            parser.error("--n must be >= 2")
+        if n < 2 or args.batch_size < 1:
+            parser.error("--n must be >= 2 and --batch-size >= 1")
         figures = bench_estimator(args.arch, args.estimator, args.condition, n, args.seed,
-                                  args.chunk_size)
+                                  args.chunk_size, args.batch_size)
         _print_estimator(figures)
     else:
         n = args.n or (2048 if args.arch == "seed" else 64)

@@ -57,7 +57,7 @@ def test_occlusion_benchmark_prints_json_last(repo_root):
 def test_estimator_benchmark_prints_json_last(repo_root):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.bench", "estimator", "--arch", "seed", "--n", "8",
-         "--estimator", "seed_ae", "--condition", "class"],
+         "--estimator", "tap_ae", "--condition", "taps", "--batch-size", "512"],
         cwd=repo_root, capture_output=True, text=True, timeout=300, check=True)
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("estimator_maps_per_s", "exact_maps_per_s", "speedup", "classifier_pass_per_s",
@@ -65,4 +65,5 @@ def test_estimator_benchmark_prints_json_last(repo_root):
         assert figures[key] > 0, key
     assert figures["speedup"] == pytest.approx(
         figures["estimator_maps_per_s"] / figures["exact_maps_per_s"])
-    assert (figures["estimator"], figures["speedup_goal"]) == ("seed_ae", 25.0)
+    assert (figures["estimator"], figures["condition"], figures["estimator_batch"],
+            figures["speedup_goal"]) == ("tap_ae", "taps", 512, 25.0)

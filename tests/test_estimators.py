@@ -9,7 +9,12 @@ keras = pytest.importorskip("keras")
 
 from pipeline.core.models import estimators  # noqa: E402
 from pipeline.core.models.classifiers import build_classifier  # noqa: E402
-from pipeline.core.models.layers import ClassCondition, Headroom  # noqa: E402
+from pipeline.core.models.layers import (  # noqa: E402
+    AlignRotations,
+    ClassCondition,
+    Headroom,
+    RotationStack,
+)
 
 STAMPS = np.random.default_rng(0).random((6, 21, 21, 4)).astype(np.float32)
 
@@ -21,12 +26,18 @@ def seed_classifier():
 
 
 @pytest.mark.parametrize("arch", sorted(estimators.ESTIMATORS))
-@pytest.mark.parametrize("condition, dim", [("class", 2), ("margin", 3), ("features", 13)])
+# taps: 2 one-hot + 1 margin + 10 penultimate + the seed conv's 21 x 21 x 8 activations
+@pytest.mark.parametrize("condition, dim", [("class", 2), ("margin", 3), ("features", 13),
+                                            ("taps", 13 + 21 * 21 * 8)])
 def test_each_builder_maps_stamps_to_21x21_maps_in_range(seed_classifier, arch, condition, dim):
     vector = estimators.condition_model(seed_classifier, condition).predict(STAMPS, verbose=0)
     assert vector.shape == (6, dim)
     if arch == "headroom_ae" and condition == "class":
         with pytest.raises(ValueError, match="needs the softmax margin"):
+            estimators.build_estimator(arch, seed_classifier, (3,), dim)
+        return
+    if arch == "tap_ae" and condition != "taps":
+        with pytest.raises(ValueError, match="needs the taps condition"):
             estimators.build_estimator(arch, seed_classifier, (3,), dim)
         return
     model = estimators.build_estimator(arch, seed_classifier, (3,), dim)
@@ -94,6 +105,50 @@ def test_headroom_ae_maps_stay_inside_the_bounds_and_reload(seed_classifier, tmp
     assert (maps <= p + 1e-6).all() and (maps >= -(1 - p) - 1e-6).all()
     explainer.save(tmp_path / "headroom.keras")
     again = keras.saving.load_model(tmp_path / "headroom.keras", compile=False)
+    np.testing.assert_allclose(again.predict(STAMPS, verbose=0), maps, atol=1e-6)
+
+
+def test_align_rotations_turns_each_rotation_back_into_the_stamps_frame():
+    # Through an identity "tower" the four stacked rotations, turned back, are the stamp.
+    aligned = AlignRotations()(RotationStack()(STAMPS)).numpy()
+    assert aligned.shape == (6, 21, 21, 16)
+    for k in range(4):
+        np.testing.assert_array_equal(aligned[..., 4 * k:4 * k + 4], STAMPS)
+
+
+def test_taps_condition_holds_the_classifiers_own_activations(seed_classifier):
+    keras.utils.set_random_seed(3)
+    deep = build_classifier("deephits", (0, 1, 2, 3))
+    assert estimators.tap_shape(seed_classifier) == (21, 21, 8)
+    assert estimators.tap_shape(deep) == (10, 10, 256)  # last conv 64 x 4 rotations
+    vector = estimators.condition_model(seed_classifier, "taps").predict(STAMPS, verbose=0)
+    conv = keras.Model(seed_classifier.input, seed_classifier.get_layer("conv").output)
+    np.testing.assert_allclose(vector[:, 13:], conv.predict(STAMPS, verbose=0).reshape(6, -1),
+                               atol=1e-6)
+    # deephits: rotation k's last-conv maps (k-th block of the 4B batch), turned back by k
+    # quarter turns with numpy, side by side on the channel axis.
+    vector = estimators.condition_model(deep, "taps").predict(STAMPS, verbose=0)
+    last = keras.Model(deep.input, deep.get_layer("conv5_act").output).predict(STAMPS, verbose=0)
+    blocks = [np.rot90(last[6 * k:6 * (k + 1)], -k, axes=(1, 2)) for k in range(4)]
+    np.testing.assert_allclose(vector[:, -10 * 10 * 256:],
+                               np.concatenate(blocks, axis=-1).reshape(6, -1), atol=1e-5)
+    np.testing.assert_allclose(vector[:, :2].argmax(axis=1),
+                               deep.predict(STAMPS, verbose=0).argmax(axis=1))
+
+
+def test_tap_ae_maps_stay_inside_the_bounds_and_reload(tmp_path):
+    keras.utils.set_random_seed(4)
+    deep = build_classifier("deephits", (0, 1, 2, 3))
+    dim = estimators.condition_model(deep, "taps").output.shape[-1]
+    model = estimators.build_estimator("tap_ae", deep, (0, 1, 2, 3), dim)
+    assert not [layer for layer in model.layers if layer.name.startswith("enc_")]
+    explainer = estimators.explainer(deep, model, "taps")
+    maps = explainer.predict(STAMPS, verbose=0)
+    p = deep.predict(STAMPS, verbose=0).max(axis=1)[:, None, None]
+    assert maps.shape == (6, 21, 21)
+    assert (maps <= p + 1e-6).all() and (maps >= -(1 - p) - 1e-6).all()
+    explainer.save(tmp_path / "tap.keras")
+    again = keras.saving.load_model(tmp_path / "tap.keras", compile=False)
     np.testing.assert_allclose(again.predict(STAMPS, verbose=0), maps, atol=1e-6)
 
 

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.core.models.classifiers import build_classifier
-from pipeline.core.occlusion import keras_predict_fn, n_positions, occlusion_maps, patch_masks
+from pipeline.core.models.classifiers import build_classifier, quarter_turn_invariant
+from pipeline.core.occlusion import (
+    keras_predict_fn,
+    n_positions,
+    occlusion_maps,
+    patch_masks,
+    quarter_turn_symmetric,
+    quarter_turns,
+)
 
 
 def _naive_maps(predict, stamps, patch, stride, fill, padding, reduce):
@@ -221,3 +228,38 @@ def test_seen_channels_of_a_plain_model_are_all(small_cnn):
 
     _, channels = seen_channels_predict_fn(small_cnn)
     assert channels is None
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"padding": "same", "stride": 1}, True),
+    ({"padding": "valid", "stride": 1}, True),
+    ({"padding": "same", "stride": 2}, True),   # centres 0, 2, ..., 20: symmetric
+    ({"padding": "same", "stride": 3}, False),  # centres 0, 3, ..., 18: row 20 uncovered
+    ({"padding": "valid", "stride": 4}, False),  # corners 0, 4, ..., 16: cover rows 0-18
+])
+def test_quarter_turn_symmetry_of_the_patch_grid(kwargs, expected):
+    assert quarter_turn_symmetric(21, 21, patch=3, **kwargs) is expected
+    assert quarter_turn_symmetric(21, 20, patch=3, **kwargs) is False
+
+
+def test_turned_stamps_of_a_turn_invariant_net_have_the_turned_exact_maps():
+    # deephits averages its four rotations, so its output ignores quarter turns; the
+    # symmetric patch grid then makes the exact map of a turned stamp the turned map.
+    keras.utils.set_random_seed(5)
+    deep = build_classifier("deephits", (0, 1, 2, 3))
+    stamps = np.random.default_rng(6).random((2, 21, 21, 4)).astype(np.float32)
+    assert quarter_turn_invariant(deep, stamps)
+    maps = occlusion_maps(keras_predict_fn(deep), stamps, chunk_size=2)[0]
+    turned_stamps, turned_maps = quarter_turns(stamps, maps)
+    assert turned_stamps.shape == (8, 21, 21, 4) and turned_maps.shape == (8, 21, 21)
+    np.testing.assert_array_equal(turned_stamps[2:4], np.rot90(stamps, 1, axes=(1, 2)))
+    np.testing.assert_array_equal(turned_maps[6:8], np.rot90(maps, 3, axes=(1, 2)))
+    exact = occlusion_maps(keras_predict_fn(deep), turned_stamps, chunk_size=2)[0]
+    np.testing.assert_allclose(exact, turned_maps, atol=2e-6)
+
+
+def test_the_seed_net_is_not_turn_invariant():
+    keras.utils.set_random_seed(7)
+    seed = build_classifier("seed", (3,))
+    stamps = np.random.default_rng(8).random((16, 21, 21, 4)).astype(np.float32)
+    assert not quarter_turn_invariant(seed, stamps)

@@ -63,6 +63,33 @@ def n_positions(height: int, width: int, *, patch: int = 3, stride: int = 1,
     return len(range(0, height - patch + 1, stride)) * len(range(0, width - patch + 1, stride))
 
 
+def quarter_turn_symmetric(height: int, width: int, *, patch: int = 3, stride: int = 1,
+                           padding: str = "same") -> bool:
+    """Whether a quarter turn maps the set of patch masks onto itself.
+
+    Then, for a classifier whose output does not change when the stamp is turned by 90
+    degrees, the exact map of a turned stamp is the turned map (each turned patch is a
+    patch of the turned stamp, hiding it changes the output identically, and a pixel's
+    covering patches turn with it): a turned (stamp, map) pair is exact training data.
+    Holds for ``same`` and ``valid`` at stride 1 on a square stamp; not when the stride
+    leaves the last row uncovered (21x21 at stride 3: centres 0..18).
+    """
+    if height != width:
+        return False
+    masks = patch_masks(height, width, patch=patch, stride=stride, padding=padding)
+    turned = np.rot90(masks, 1, axes=(1, 2))
+    return {m.tobytes() for m in masks.astype(bool)} == {m.tobytes() for m in turned.astype(bool)}
+
+
+def quarter_turns(stamps: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """stamps (N, H, W, C) and their maps (N, H, W) -> (4N, ...) each: the originals, then
+    all turned by 90, 180 and 270 degrees (counter-clockwise), in the same order for both,
+    so row i + k*N of the result is row i turned k times."""
+    turned_stamps = [np.rot90(stamps, k, axes=(1, 2)) for k in range(4)]
+    turned_maps = [np.rot90(maps, k, axes=(1, 2)) for k in range(4)]
+    return np.concatenate(turned_stamps), np.concatenate(turned_maps)
+
+
 def _check_geometry(height, width, patch, stride, padding) -> None:
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")

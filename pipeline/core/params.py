@@ -165,8 +165,8 @@ class EstimatorParams:
     """The ``estimator`` section: the one-pass map estimator and its training
     (see core/models/estimators.py)."""
 
-    arch: str = "gated_ae"  # seed_ae | unet | gated_ae
-    condition: str = "features"  # class | margin | features
+    arch: str = "gated_ae"  # seed_ae | unet | gated_ae | headroom_ae | tap_ae
+    condition: str = "features"  # class | margin | features | taps
     optimizer: str = "adam"
     learning_rate: float = 0.001
     batch_size: int = 128
@@ -179,8 +179,8 @@ class EstimatorParams:
     freeze_encoder: bool = True
     hparams: dict = dataclasses.field(default_factory=dict)  # builder keywords
 
-    ARCHS = ("seed_ae", "unet", "gated_ae", "headroom_ae")
-    CONDITIONS = ("class", "margin", "features")
+    ARCHS = ("seed_ae", "unet", "gated_ae", "headroom_ae", "tap_ae")
+    CONDITIONS = ("class", "margin", "features", "taps")
 
     @classmethod
     def from_dict(cls, raw: dict) -> EstimatorParams:

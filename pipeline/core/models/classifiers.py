@@ -91,6 +91,21 @@ def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float)
     return model
 
 
+def quarter_turn_invariant(model: keras.Model, stamps, *, atol: float = 1e-5) -> bool:
+    """Whether ``model``'s probabilities on ``stamps`` (N, 21, 21, 4) stay within ``atol``
+    when the stamps are turned by 90, 180 or 270 degrees (measured, not assumed: the
+    deephits net is invariant by construction, the seed net is not)."""
+    import numpy as np
+
+    stamps = np.asarray(stamps, np.float32)
+    base = model.predict(stamps, verbose=0)
+    for k in (1, 2, 3):
+        turned = model.predict(np.ascontiguousarray(np.rot90(stamps, k, axes=(1, 2))), verbose=0)
+        if np.abs(turned - base).max() > atol:
+            return False
+    return True
+
+
 def seen_channels_predict_fn(model: keras.Model):
     """(predict_fn, channels) for the occlusion engine: a traceable function of the
     channels the classifier sees, (B, H, W, len(channels)) -> (B, 2), and those channels.

@@ -28,6 +28,13 @@ Variants (``ESTIMATORS``):
   each pixel, and the ``Headroom`` layer scales them by the exact bounds the classifier's own
   probability p sets: map = positive x p - negative x (1 - p). Needs the margin in the
   condition (``margin`` or ``features``).
+- ``tap_ae``: no encoder of its own. It reads the classifier's last spatial activations
+  (the input of its last pooling; a rotation-stacked net's four rotations turned back into
+  the stamp's frame, ``AlignRotations``), which the classifier pass computes anyway, and
+  decodes them with a few small convolutions, the stamp's channels joined in at full
+  resolution, into the same drop/rise shares as ``headroom_ae``. Condition ``taps``. The
+  map is decided by what the classifier computes at each place; here the estimator sees
+  exactly that, so for a deep classifier it is both the most informed and the cheapest.
 """
 
 from __future__ import annotations
@@ -36,15 +43,18 @@ import keras
 from keras import layers, ops
 
 from pipeline.core.models.layers import (
+    AlignRotations,
     ClassCondition,
     Headroom,
+    RotationStack,
     SelectChannels,
+    SplitCondition,
     TileCondition,
 )
 
 MAP_SHAPE = (21, 21)
 STAMP_SHAPE = (21, 21, 4)
-CONDITIONS = ("class", "margin", "features")
+CONDITIONS = ("class", "margin", "features", "taps")
 SHARE_BIAS = -4.0
 
 
@@ -53,23 +63,50 @@ def condition_model(classifier: keras.Model, condition: str = "class") -> keras.
 
     ``class``: one-hot predicted class (D = 2); ``margin``: plus the scaled log-odds
     margin (D = 3, see ``ClassCondition``); ``features``: plus the classifier's
-    penultimate activations (the input of its ``probabilities`` layer).
+    penultimate activations (the input of its ``probabilities`` layer); ``taps``: plus,
+    flattened, its last spatial activations (``tap_shape``; D = 3 + features + h*w*c).
     """
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     classifier.trainable = False
     stamps = keras.Input(STAMP_SHAPE, name="stamps")
-    if condition == "features":
-        head = classifier.get_layer("probabilities")
-        tapped = keras.Model(classifier.input, [classifier.output, head.input],
-                             name=f"{classifier.name}_tapped")
-        probabilities, features = tapped(stamps, training=False)
-        vector = layers.Concatenate(name="condition")(
-            [ClassCondition(margin=True, name="class_margin")(probabilities), features])
+    if condition in ("features", "taps"):
+        outputs = [classifier.output, classifier.get_layer("probabilities").input]
+        if condition == "taps":
+            outputs.append(_tap_tensor(classifier))
+        tapped = keras.Model(classifier.input, outputs, name=f"{classifier.name}_tapped")
+        probabilities, features, *taps = tapped(stamps, training=False)
+        parts = [ClassCondition(margin=True, name="class_margin")(probabilities), features]
+        if taps:
+            spatial = taps[0]
+            if _rotation_stacked(classifier):
+                spatial = AlignRotations(name="aligned_taps")(spatial)
+            parts.append(layers.Flatten(name="flat_taps")(spatial))
+        vector = layers.Concatenate(name="condition")(parts)
     else:
         probabilities = classifier(stamps, training=False)
         vector = ClassCondition(margin=condition == "margin", name="condition")(probabilities)
     return keras.Model(stamps, vector, name="condition_model")
+
+
+def _tap_tensor(classifier: keras.Model):
+    """The classifier's last spatial activations: the input of its last pooling layer."""
+    pools = [layer for layer in classifier.layers if isinstance(layer, layers.MaxPooling2D)]
+    if not pools:
+        raise ValueError(f"classifier {classifier.name!r} has no pooling layer whose input "
+                         "could be tapped")
+    return pools[-1].input
+
+
+def _rotation_stacked(classifier: keras.Model) -> bool:
+    return any(isinstance(layer, RotationStack) for layer in classifier.layers)
+
+
+def tap_shape(classifier: keras.Model) -> tuple[int, int, int]:
+    """(h, w, c) of the tapped activations in the ``taps`` condition: the seed net's conv
+    output (21, 21, 8); deephits' last conv (10, 10, 64) x 4 rotations -> (10, 10, 256)."""
+    _, height, width, channels = _tap_tensor(classifier).shape
+    return int(height), int(width), int(channels) * (4 if _rotation_stacked(classifier) else 1)
 
 
 def mirror_spec(classifier: keras.Model) -> list[dict]:
@@ -168,6 +205,40 @@ def build_headroom_ae(channels, condition_dim: int, spec: list[dict], *, bottlen
     return keras.Model([stamps, condition], maps, name=name)
 
 
+def build_tap_ae(channels, condition_dim: int, spec: list[dict] | None = None, *,
+                 tap_shape: tuple[int, int, int], width: int = 32, condition_width: int = 16,
+                 detail_filters: int = 16, name: str = "tap_ae") -> keras.Model:
+    """[stamps (B,21,21,4), condition (B, 3 + F + h*w*c): ``taps`` of a classifier whose
+    tapped activations are ``tap_shape`` (h, w, c)] -> drop x p - rise x (1 - p)
+    (B,21,21), in [-(1 - p), p] as in ``headroom_ae``."""
+    tap_size = tap_shape[0] * tap_shape[1] * tap_shape[2]
+    if condition_dim < 3 + tap_size:
+        raise ValueError(f"tap_ae needs the taps condition ({3 + tap_size}+ values for taps "
+                         f"of shape {tuple(tap_shape)}), got a condition of {condition_dim}")
+    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    condition = keras.Input((condition_dim,), name="condition")
+    vector, taps = SplitCondition(tap_shape, name="split_condition")(condition)
+    height, width_cells = tap_shape[:2]
+    context = layers.Dense(condition_width, activation="relu", name="context")(vector)
+    x = layers.Conv2D(width, 1, activation="relu", name="tap_reduce")(taps)
+    x = layers.Concatenate(name="tap_context")(
+        [x, TileCondition(height, width_cells, name="tile")(context)])
+    for i in (1, 2):
+        x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"tap_conv{i}")(x)
+    if (height, width_cells) != MAP_SHAPE:
+        x = layers.Resizing(*MAP_SHAPE, interpolation="bilinear", name="to_stamp_grid")(x)
+    detail = SelectChannels(channels, name="channels")(stamps)
+    x = layers.Concatenate(name="with_stamp")([x, detail])
+    x = layers.Conv2D(detail_filters, 3, padding="same", activation="relu", name="detail")(x)
+    shares = []
+    for label in ("drop", "rise"):  # of p removed, of 1 - p added; start near 0 as most maps
+        share = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name=f"{label}_out",
+                              bias_initializer=keras.initializers.Constant(SHARE_BIAS))(x)
+        shares.append(layers.Reshape(MAP_SHAPE, name=f"{label}_map")(share))
+    maps = Headroom(margin_index=2, name="map")([*shares, condition])
+    return keras.Model([stamps, condition], maps, name=name)
+
+
 def build_unet(channels, condition_dim: int, spec: list[dict] | None = None, *,
                base_filters: int = 16, name: str = "unet") -> keras.Model:
     """[stamps (B,21,21,4), condition (B,D)] -> map (B,21,21) in [-1, 1]."""
@@ -198,7 +269,8 @@ def build_unet(channels, condition_dim: int, spec: list[dict] | None = None, *,
 
 
 ESTIMATORS = {"seed_ae": build_seed_ae, "unet": build_unet, "gated_ae": build_gated_ae,
-              "headroom_ae": build_headroom_ae}
+              "headroom_ae": build_headroom_ae, "tap_ae": build_tap_ae}
+MIRRORING = ("seed_ae", "gated_ae", "headroom_ae")  # start from the classifier's conv weights
 
 
 def build_estimator(arch: str, classifier: keras.Model, channels, condition_dim: int, *,
@@ -209,8 +281,10 @@ def build_estimator(arch: str, classifier: keras.Model, channels, condition_dim:
     if arch not in ESTIMATORS:
         raise ValueError(f"unknown estimator arch {arch!r}; choose one of {sorted(ESTIMATORS)}")
     spec = mirror_spec(classifier)
+    if arch == "tap_ae":
+        hparams = {**hparams, "tap_shape": tap_shape(classifier)}
     model = ESTIMATORS[arch](tuple(channels), condition_dim, spec, **hparams)
-    if arch != "unet" and copy_weights:
+    if arch in MIRRORING and copy_weights:
         copy_encoder_weights(model, classifier, spec, freeze=freeze_encoder)
     return model
 

@@ -69,6 +69,34 @@ class RotationPool(keras.layers.Layer):
         return (batch, *input_shape[1:])
 
 
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class AlignRotations(keras.layers.Layer):
+    """(4B, h, w, c) feature maps of ``RotationStack``'s four rotations -> (B, h, w, 4c):
+    rotation k's maps turned back by k quarter turns, so every channel is in the stamp's
+    own frame, and the four rotations side by side on the channel axis (rotation 0 first).
+
+    A conv tower applied to a rotated stamp computes the features of rotated filters;
+    turned back, they are four filter banks on the same pixels. On an odd-sized stamp a
+    2x2 pooling drops a different border row per rotation, so cells align to within half
+    a cell.
+    """
+
+    def call(self, inputs):
+        height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+        stacked = ops.reshape(inputs, (4, -1, height, width, channels))
+        aligned = []
+        for k in range(4):
+            maps = stacked[k]
+            for _ in range((4 - k) % 4):  # k turns back = 4 - k turns forward
+                maps = rotate90(maps)
+            aligned.append(maps)
+        return ops.concatenate(aligned, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else input_shape[0] // 4
+        return (batch, *input_shape[1:3], 4 * input_shape[3])
+
 # Softmax margins beyond this many nats are all "saturated": their maps are ~0 anyway.
 MARGIN_CAP = 30.0
 MARGIN_SCALE = 10.0  # the margin is passed on divided by this, to lie in [0, 3]
@@ -157,3 +185,28 @@ class Headroom(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "margin_index": self.margin_index}
 
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class SplitCondition(keras.layers.Layer):
+    """(B, V + h*w*c) ``taps`` condition -> [vector (B, V), taps (B, h, w, c)]: the
+    flattened spatial activations at its end back in their grid."""
+
+    def __init__(self, tap_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.tap_shape = tuple(int(size) for size in tap_shape)
+
+    def _tap_size(self):
+        return self.tap_shape[0] * self.tap_shape[1] * self.tap_shape[2]
+
+    def call(self, condition):
+        vector_size = condition.shape[-1] - self._tap_size()
+        taps = ops.reshape(condition[:, vector_size:], (-1, *self.tap_shape))
+        return condition[:, :vector_size], taps
+
+    def compute_output_shape(self, input_shape):
+        return ((input_shape[0], input_shape[-1] - self._tap_size()),
+                (input_shape[0], *self.tap_shape))
+
+    def get_config(self):
+        return {**super().get_config(), "tap_shape": list(self.tap_shape)}
