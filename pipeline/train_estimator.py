@@ -28,6 +28,9 @@ from pipeline.io import (
 )
 
 REGISTERED_NAME = "occlusion-estimator"
+# Training conditions larger than this are fed batch by batch rather than copied into
+# tensors whole (the taps of a deep classifier; the other conditions are far smaller).
+STREAM_ABOVE_BYTES = 1 << 30
 
 
 def load_inputs(paths: PathsParams) -> dict[str, dict[str, np.ndarray]]:
@@ -51,8 +54,14 @@ def attach_conditions(splits: dict, classifier, condition: str, occlusion_dir: s
     from pipeline.core.models import estimators
 
     conditioner = estimators.condition_model(classifier, condition)
+    width = conditioner.output.shape[-1]
     for name, split in splits.items():
-        split["condition"] = conditioner.predict(split["images"], batch_size=4096, verbose=0)
+        # Filled block by block: predict() would hold every block and their concatenation,
+        # twice the memory of the result (~100 KB per stamp for a deep net's taps).
+        split["condition"] = np.empty((len(split["images"]), width), np.float32)
+        for start in range(0, len(split["images"]), 1024):
+            split["condition"][start:start + 1024] = conditioner.predict_on_batch(
+                split["images"][start:start + 1024])
         predicted = split["condition"][:, :2].argmax(axis=1)
         stale = float((predicted != split["target"]).mean())
         if stale > 0.001:
@@ -105,7 +114,8 @@ def fit_estimator(cfg: EstimatorParams, classifier, splits: dict, callbacks=(),
                 splits["train"]["maps"]),
         ([splits["val"]["images"], splits["val"]["condition"]], splits["val"]["maps"]),
         batch_size=cfg.batch_size, epochs=cfg.epochs, patience=cfg.patience,
-        callbacks=callbacks, verbose=verbose)
+        callbacks=callbacks, verbose=verbose,
+        stream=splits["train"]["condition"].nbytes > STREAM_ABOVE_BYTES, seed=cfg.seed)
     return model, history, seconds
 
 

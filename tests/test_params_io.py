@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.core.params import DataParams, PathsParams
+from pipeline.core.params import DataParams, EstimatorParams, PathsParams
 from pipeline.io import atomic_paths, load_params, write_json
 
 
@@ -31,6 +31,19 @@ def test_repository_params_parse(repo_root):
 def test_bad_data_params_are_named(section, message):
     with pytest.raises(ValueError, match=message):
         DataParams.from_dict(section)
+
+
+def test_estimator_params(repo_root):
+    cfg = EstimatorParams.from_dict(load_params(repo_root / "params.yaml")["estimator"])
+    assert (cfg.arch, cfg.condition, cfg.quarter_turns) == ("gated_ae", "features", True)
+    tap = EstimatorParams.from_dict({"arch": "tap_ae", "condition": "taps", "quarter_turns": False})
+    assert (tap.arch, tap.condition, tap.quarter_turns) == ("tap_ae", "taps", False)
+    for section, message in [({"arch": "vae"}, "estimator.arch must be one of"),
+                             ({"condition": "pixels"}, "estimator.condition must be one of"),
+                             ({"quarter_turns": "yes"}, "quarter_turns must be true or false"),
+                             ({"epochs": 0}, "estimator.epochs must be >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            EstimatorParams.from_dict(section)
 
 
 def test_load_params_errors(tmp_path):

@@ -89,6 +89,9 @@ def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
     tmp_path, env = tiny_estimator
     metrics = json.loads((tmp_path / "metrics" / "train_estimator.json").read_text())
     assert metrics["training"]["epochs_run"] == 1 and metrics["training"]["train_maps"] == 67
+    # the seed net is not invariant to quarter turns, so no turned copies were added
+    assert metrics["training"]["quarter_turns"].startswith("not used: the classifier's output")
+    assert metrics["training"]["train_maps_with_turns"] == 67
     report = metrics["test"]
     assert report["overall"]["n"] == 30
     assert {"estimate", "class_mean", "zero", "mse_skill"} <= set(report["overall"])
@@ -173,3 +176,31 @@ def test_evaluate_stage_end_to_end(tiny_champion):
     promote = json.loads((tmp_path / "metrics" / "promote.json").read_text())
     assert (f"Promotion: **{promote['decision']}**{' (forced)' if promote['forced'] else ''}, "
             "hits-classifier v1 + occlusion-estimator v1: ") in text
+
+
+def test_quarter_turns_are_added_only_where_they_are_exact_maps():
+    import keras
+
+    from pipeline.core.models.classifiers import build_classifier
+    from pipeline.core.params import OcclusionParams
+    from pipeline.train_estimator import add_quarter_turns
+
+    rng = np.random.default_rng(9)
+    split = {"images": rng.random((3, 21, 21, 4)).astype(np.float32),
+             "maps": rng.normal(0, 0.1, (3, 21, 21)).astype(np.float32),
+             "labels": np.array([1, 0, 1]), "target": np.array([1, 0, 0]),
+             "base_prob": np.array([0.9, 0.8, 0.7], np.float32)}
+    keras.utils.set_random_seed(10)
+    deep = build_classifier("deephits", (0, 1, 2, 3))
+    turned, why = add_quarter_turns(split, deep, OcclusionParams())
+    assert why.startswith("used")
+    assert {key: len(value) for key, value in turned.items()} == dict.fromkeys(split, 12)
+    np.testing.assert_array_equal(turned["maps"][3:6], np.rot90(split["maps"], 1, axes=(1, 2)))
+    np.testing.assert_array_equal(turned["images"][9:12],
+                                  np.rot90(split["images"], 3, axes=(1, 2)))
+    np.testing.assert_array_equal(turned["target"], np.tile(split["target"], 4))
+
+    same, why = add_quarter_turns(split, deep, OcclusionParams(stride=3))
+    assert same is split and "patch grid is not symmetric" in why
+    same, why = add_quarter_turns(split, build_classifier("seed", (3,)), OcclusionParams())
+    assert same is split and "output changes when a stamp is turned" in why

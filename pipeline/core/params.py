@@ -177,6 +177,9 @@ class EstimatorParams:
     seed: int = 42
     copy_weights: bool = True
     freeze_encoder: bool = True
+    # train also on each map's three quarter turns where they are exact maps too (a
+    # classifier invariant to quarter turns, a symmetric patch grid): 4x data for free
+    quarter_turns: bool = True
     hparams: dict = dataclasses.field(default_factory=dict)  # builder keywords
 
     ARCHS = ("seed_ae", "unet", "gated_ae", "headroom_ae", "tap_ae")
