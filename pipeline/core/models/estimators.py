@@ -34,7 +34,9 @@ Variants (``ESTIMATORS``):
   decodes them with a few small convolutions, the stamp's channels joined in at full
   resolution, into the same drop/rise shares as ``headroom_ae``. Condition ``taps``. The
   map is decided by what the classifier computes at each place; here the estimator sees
-  exactly that, so for a deep classifier it is both the most informed and the cheapest.
+  exactly that. For a deep classifier it is the most faithful (the bogus class included),
+  with a tenth of ``headroom_ae``'s parameters; on the seed net, whose one conv layer is
+  all there is to tap, it decodes at full resolution and is slower and less faithful.
 """
 
 from __future__ import annotations
