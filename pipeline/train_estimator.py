@@ -28,9 +28,6 @@ from pipeline.io import (
 )
 
 REGISTERED_NAME = "occlusion-estimator"
-# Training conditions larger than this are fed batch by batch rather than copied into
-# tensors whole (the taps of a deep classifier; the other conditions are far smaller).
-STREAM_ABOVE_BYTES = 1 << 30
 
 
 def load_inputs(paths: PathsParams) -> dict[str, dict[str, np.ndarray]]:
@@ -114,8 +111,7 @@ def fit_estimator(cfg: EstimatorParams, classifier, splits: dict, callbacks=(),
                 splits["train"]["maps"]),
         ([splits["val"]["images"], splits["val"]["condition"]], splits["val"]["maps"]),
         batch_size=cfg.batch_size, epochs=cfg.epochs, patience=cfg.patience,
-        callbacks=callbacks, verbose=verbose,
-        stream=splits["train"]["condition"].nbytes > STREAM_ABOVE_BYTES, seed=cfg.seed)
+        callbacks=callbacks, verbose=verbose, seed=cfg.seed)
     return model, history, seconds
 
 

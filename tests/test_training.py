@@ -28,6 +28,8 @@ def test_array_batches_cover_every_row_once_per_epoch_aligned():
     assert [batches[i][1].tolist() for i in range(3)] != order  # reshuffled
     fixed = ArrayBatches([a], y, 4, shuffle=False)
     assert fixed[2][1].tolist() == [8, 9]
+    single = ArrayBatches(a, y, 4, shuffle=False)  # one input array stays one array
+    np.testing.assert_array_equal(single[2][0], a[8:10])
 
 
 def test_streamed_fit_learns_like_the_array_fit():
