@@ -38,7 +38,7 @@ lint: install ## Lint the Python code and the Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
 
-report: install ## Rewrite the README's results section from metrics/*.json (after repro)
+report: install ## Write docs/results.md and the README's headline from metrics/*.json (after repro)
 	$(BIN)/python -m pipeline.report
 
 bench: install ## Print the benchmark figures (generator, exact maps, estimator; seed CNN)

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from pipeline.core.data import stats, synthetic
+from pipeline.core.geometry import StampGeometry
 from pipeline.core.params import EstimatorParams
 
 
@@ -67,6 +68,9 @@ def _print_generator(figures: dict) -> None:
 # Stamps per classifier call in the engine (x 441 occluded copies): the best of 1-32 on
 # this 2-core CPU; small batches keep the copies and activations in cache.
 OCCLUSION_CHUNK = {"seed": 4, "deephits": 4}
+# The channels each classifier sees, as params.yaml's defaults for it.
+CLASSIFIER_CHANNELS = {"seed": ("snr_difference",),
+                       "deephits": ("template", "science", "difference", "snr_difference")}
 SLICES = 8  # bound and engine alternate over this many slices of the stamps
 
 
@@ -95,7 +99,7 @@ def _seconds(run) -> float:
 
 
 def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
-                    per_stamp_n: int) -> dict:
+                    per_stamp_n: int, stamp_size: int = 21) -> dict:
     """Classifier throughput, the bound it implies, the engine's maps/s and a per-stamp
     implementation's, on the same stamps in this process, each after a warm-up.
 
@@ -113,13 +117,14 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
     chunk = chunk_size or OCCLUSION_CHUNK[arch]
     keras.utils.set_random_seed(seed)
     # Timing does not depend on the weights, so an untrained net of the same shape serves.
-    model = build_classifier(arch, (3,) if arch == "seed" else (0, 1, 2, 3))
-    stamps, _, _ = synthetic.make_stamps(n, seed=seed, preset="default")
+    stamps, _, _ = synthetic.make_stamps(n, seed=seed, preset="default", stamp_size=stamp_size)
+    geometry = StampGeometry.from_stamps(stamps)
+    model = build_classifier(arch, CLASSIFIER_CHANNELS[arch], geometry)
     predict, channels = seen_channels_predict_fn(model)
-    engine = OcclusionEngine(predict, 21, 21, channels=channels)
+    engine = OcclusionEngine(predict, *geometry.map_shape, channels=channels)
     positions = engine.positions
     seen = stamps if channels is None else stamps[..., list(channels)]
-    masks = patch_masks(21, 21)[..., None]
+    masks = patch_masks(*geometry.map_shape)[..., None]
     classify_all = _classifier_loop(predict)
 
     def batches_of(part: np.ndarray, size: int) -> tf.Tensor:
@@ -187,7 +192,8 @@ ESTIMATOR_BATCH = 4096
 
 
 def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int,
-                    chunk_size: int | None, batch_size: int = ESTIMATOR_BATCH) -> dict:
+                    chunk_size: int | None, batch_size: int = ESTIMATOR_BATCH,
+                    stamp_size: int = 21) -> dict:
     """Estimated maps/s (the explainer: classifier pass + estimator, compiled, batches of
     ``batch_size`` stamps) and exact maps/s (the engine) on the same stamps, timed
     alternately over ``SLICES`` slices in this process after warm-up; their ratio.
@@ -203,9 +209,10 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
 
     chunk = chunk_size or OCCLUSION_CHUNK[arch]
     keras.utils.set_random_seed(seed)
-    channels = (3,) if arch == "seed" else (0, 1, 2, 3)
-    classifier = build_classifier(arch, channels)
-    stamps, _, _ = synthetic.make_stamps(n, seed=seed, preset="default")
+    stamps, _, _ = synthetic.make_stamps(n, seed=seed, preset="default", stamp_size=stamp_size)
+    geometry = StampGeometry.from_stamps(stamps)
+    channels = geometry.channel_indices(CLASSIFIER_CHANNELS[arch])
+    classifier = build_classifier(arch, channels, geometry)
     dim = estimators.condition_model(classifier, condition).output.shape[-1]
     model = estimators.build_estimator(estimator, classifier, channels, dim)
     explainer = estimators.explainer(classifier, model, condition)
@@ -218,10 +225,10 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
     estimate_only = tf.function(lambda x, c: model([x, c], training=False),
                                 reduce_retracing=True)
     predict, seen = seen_channels_predict_fn(classifier)
-    engine = OcclusionEngine(predict, 21, 21, channels=seen)
+    engine = OcclusionEngine(predict, *geometry.map_shape, channels=seen)
 
     slices = np.array_split(np.arange(n), min(SLICES, n))
-    batches = [tf.constant(np.resize(stamps[part], (batch_size, 21, 21, 4)))
+    batches = [tf.constant(np.resize(stamps[part], (batch_size, *geometry.shape)))
                for part in slices]
     conditions = [tf.constant(conditioner.predict(b, batch_size=batch_size, verbose=0))
                   for b in batches]
@@ -291,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     occ.add_argument("--per-stamp-n", type=int, default=16,
                      help="stamps for the per-stamp implementation (default 16)")
     occ.add_argument("--seed", type=int, default=0)
+    occ.add_argument("--stamp-size", type=int, default=21,
+                     help="side of the twin's stamps (default 21, HiTS)")
     est = sub.add_parser("estimator", help="estimated maps/s against exact maps/s")
     est.add_argument("--arch", default="seed", choices=sorted(OCCLUSION_CHUNK),
                      help="the classifier (default seed)")
@@ -303,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     est.add_argument("--batch-size", type=int, default=ESTIMATOR_BATCH,
                      help=f"stamps per explainer call (default {ESTIMATOR_BATCH})")
     est.add_argument("--seed", type=int, default=0)
+    est.add_argument("--stamp-size", type=int, default=21,
+                     help="side of the twin's stamps (default 21, HiTS)")
     args = parser.parse_args(argv)
 
     if args.target == "generator":
@@ -315,14 +326,14 @@ def main(argv: list[str] | None = None) -> None:
         if n < 2 or args.batch_size < 1:
             parser.error("--n must be >= 2 and --batch-size >= 1")
         figures = bench_estimator(args.arch, args.estimator, args.condition, n, args.seed,
-                                  args.chunk_size, args.batch_size)
+                                  args.chunk_size, args.batch_size, args.stamp_size)
         _print_estimator(figures)
     else:
         n = args.n or (2048 if args.arch == "seed" else 64)
         if n < 2 or args.per_stamp_n < 1:
             parser.error("--n must be >= 2 and --per-stamp-n >= 1")
         figures = bench_occlusion(args.arch, n, args.seed, args.chunk_size,
-                                  min(args.per_stamp_n, n))
+                                  min(args.per_stamp_n, n), args.stamp_size)
         _print_occlusion(figures)
     print(json.dumps(figures, sort_keys=True))
 

@@ -20,15 +20,15 @@ import numpy as np
 ESTIMATOR_NAME = "occlusion-estimator"
 CLASSIFIER_NAME = "hits-classifier"
 ZIP_MAGIC = b"PK\x03\x04"
-CLASS_NAMES = ("bogus", "real")
 
 
 def read_stamps(path: Path) -> dict[str, np.ndarray]:
-    """{"images": (N, 21, 21, 4) float32, finite[, "labels": (N,)]} from an ``.npz`` with
+    """{"images": (N, H, W, C) float32, finite[, "labels": (N,)]} from an ``.npz`` with
     ``images`` (never unpickled) or a HiTS pickle (through the restricted unpickler);
-    ``ValueError`` naming ``path`` and the problem otherwise."""
+    ``ValueError`` naming ``path`` and the problem otherwise. The shape is checked against
+    the model's when the model is loaded."""
     from pipeline.core.data.hits import HitsDataError, load_hits_pickle
-    from pipeline.serving import check_stamps
+    from pipeline.core.explain import check_stamps
 
     with open(path, "rb") as handle:
         is_zip = handle.read(4) == ZIP_MAGIC
@@ -53,7 +53,10 @@ def read_stamps(path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{err} (expected an .npz with 'images' or a HiTS pickle)") \
                 from None
         arrays = {"images": images, "labels": labels}
-    arrays["images"] = check_stamps(arrays["images"], source=str(path))
+    images = np.asarray(arrays["images"])
+    if images.ndim != 4:
+        raise ValueError(f"{path}: stamps must have shape (N, H, W, C), got {images.shape}")
+    arrays["images"] = check_stamps(images, images.shape[1:], source=str(path))
     if len(arrays["images"]) == 0:
         raise ValueError(f"{path}: holds no stamps")
     return arrays
@@ -64,13 +67,18 @@ def model_uri(name: str, model: str) -> str:
     return f"models:/{name}/{model}" if model.isdigit() else f"models:/{name}@{model}"
 
 
-def estimated_maps(uri: str, stamps: np.ndarray, batch_size: int) -> np.ndarray:
-    """(N, 21, 21) maps of the pyfunc estimator at ``uri``, batch by batch with a bar."""
+def estimated_maps(uri: str, stamps: np.ndarray, batch_size: int, source: str) -> np.ndarray:
+    """(N, H, W) maps of the pyfunc estimator at ``uri``, batch by batch with a bar;
+    ``ValueError`` naming ``source`` when the stamps are not of the model's shape."""
     import mlflow.pyfunc
     from tqdm import tqdm
 
     model = mlflow.pyfunc.load_model(uri)
-    maps = np.zeros((len(stamps), 21, 21), np.float32)
+    shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
+    if tuple(stamps.shape[1:]) != shape:
+        raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the model {uri} "
+                         f"explains stamps of shape {shape}")
+    maps = np.zeros((len(stamps), *shape[:2]), np.float32)
     with tqdm(total=len(stamps), unit="map", desc="estimated maps") as bar:
         for start in range(0, len(stamps), batch_size):
             stop = min(start + batch_size, len(stamps))
@@ -79,15 +87,20 @@ def estimated_maps(uri: str, stamps: np.ndarray, batch_size: int) -> np.ndarray:
     return maps
 
 
-def exact_maps(uri: str, stamps: np.ndarray, occlusion) -> dict[str, np.ndarray]:
-    """Exact maps (N, 21, 21), target class (N,) and its probability (N,) under the
-    registered classifier at ``uri``."""
+def exact_maps(uri: str, stamps: np.ndarray, occlusion, source: str) -> dict[str, np.ndarray]:
+    """Exact maps (N, H, W), target class (N,) and its probability (N,) under the
+    registered classifier at ``uri``; ``ValueError`` naming ``source`` when the stamps
+    are not of the classifier's shape."""
     import mlflow.tensorflow
 
     import pipeline.core.models  # noqa: F401  (registers the custom layers)
-    from pipeline.occlusion_maps import engine_for
+    from pipeline.core.explain import engine_for, model_geometry
 
     classifier = mlflow.tensorflow.load_model(uri)
+    shape = model_geometry(classifier).shape
+    if tuple(stamps.shape[1:]) != shape:
+        raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the classifier {uri} "
+                         f"takes stamps of shape {shape}")
     engine = engine_for(classifier, occlusion)
     maps, target, base_prob = engine.maps(stamps, chunk_size=occlusion.chunk_size,
                                           progress=True)
@@ -128,7 +141,7 @@ def main():
 @main.command()
 @click.argument("stamps", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the maps (.npz: maps (N, 21, 21) float32, ...).")
+              help="Where to write the maps (.npz: maps (N, H, W) float32, ...).")
 @click.option("--exact", is_flag=True,
               help="Exact maps (441 classifications per stamp) with the registered "
                    "classifier instead of the one-pass estimator.")
@@ -136,7 +149,7 @@ def main():
               help=f"Which registered version: an alias or a version number of "
                    f"{ESTIMATOR_NAME} (with --exact: of {CLASSIFIER_NAME}).")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write one PNG per stamp (its four channels beside its map) here.")
+              help="Also write one PNG per stamp (its channels beside its map) here.")
 @click.option("--png-limit", default=100, show_default=True, type=click.IntRange(min=0),
               help="At most this many PNGs, the first stamps of the file (0: all).")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
@@ -148,11 +161,12 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
             png_limit: int, batch_size: int, tracking_uri: str | None):
     """Compute the occlusion map of every stamp in STAMPS.
 
-    STAMPS is an .npz with an array 'images' (N, 21, 21, 4) in [0, 1] (and optionally
-    'labels'), or a HiTS2013 pickle (read without running code from it). MAPS.npz gets
-    'maps' (N, 21, 21) float32: the drop of the explained class's probability when the
-    3x3 patch around each pixel is hidden (positive: evidence for the class), plus
-    'method', 'model_uri', and with --exact 'target' and 'base_prob'.
+    STAMPS is an .npz with an array 'images' (N, H, W, C) in [0, 1], the shape the model
+    was trained on (HiTS: 21x21x4; optionally 'labels'), or a HiTS2013 pickle (read without
+    running code from it). MAPS.npz gets 'maps' (N, H, W) float32: the drop of the
+    explained class's probability when the 3x3 patch around each pixel is hidden
+    (positive: evidence for the class), plus 'method', 'model_uri', and with --exact
+    'target' and 'base_prob'.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -165,9 +179,10 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.core import tracking
+    from pipeline.core.geometry import CLASS_NAMES
     from pipeline.core.params import OcclusionParams
-    from pipeline.io import atomic_paths, save_npz
+    from pipeline.glue import tracking
+    from pipeline.glue.files import atomic_paths, save_npz
 
     uri = tracking_uri or tracking.tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -176,9 +191,11 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     source = model_uri(name, model)
     try:
         if exact:
-            result = exact_maps(source, images, OcclusionParams())
+            result = exact_maps(source, images, OcclusionParams(), str(stamps))
         else:
-            result = {"maps": estimated_maps(source, images, batch_size)}
+            result = {"maps": estimated_maps(source, images, batch_size, str(stamps))}
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
     except MlflowException as err:
         raise click.ClickException(
             f"{source}: cannot load it from {uri} ({err.message.splitlines()[0]}); "

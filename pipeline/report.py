@@ -1,10 +1,12 @@
-"""Regenerate the README's results section from the metrics files: ``python -m pipeline.report``
-(or ``make report``) after ``make repro``.
+"""Write the results page and the README's headline from the metrics files:
+``python -m pipeline.report`` (or ``make report``) after ``make repro``.
 
-Rewrites the text between the ``<!-- results:start -->`` and ``<!-- results:end -->``
-markers of README.md from ``metrics/*.json``, and copies the evaluate stage's gallery to
-``docs/gallery.png`` (a documentation figure, small, kept in git so the README shows it).
-Nothing in the section is typed by hand.
+Writes ``docs/results.md`` (the full results, from ``metrics/*.json``), rewrites only the
+text between the ``<!-- headline:start -->`` and ``<!-- headline:end -->`` markers of
+README.md (a few lines: accuracy, fidelity per class, speedup, promotion decision), and
+copies the evaluate stage's gallery to ``docs/gallery.png`` (a documentation figure,
+small, kept in git so the results page shows it). Nothing in either is typed by hand; all
+three files are replaced together or not at all.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from pathlib import Path
 
 from pipeline.core.fidelity import AMPLITUDE_BINS
 from pipeline.core.params import PathsParams
-from pipeline.io import atomic_paths, load_params, run_stage
+from pipeline.glue.files import atomic_paths, load_params, run_stage
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+START, END = "<!-- headline:start -->", "<!-- headline:end -->"
 README = Path("README.md")
-GALLERY_COPY = Path("docs/gallery.png")
+RESULTS_PAGE = Path("docs/results.md")
+GALLERY_COPY = Path("docs/gallery.png")  # beside RESULTS_PAGE, which links it by name
 
 
 def _pct(value) -> str:
@@ -30,8 +33,14 @@ def _num(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def results_markdown(metrics: dict[str, dict]) -> str:
-    """The results section (markdown) from the stages' metrics dicts, keyed by stage."""
+def _pair(promote: dict) -> str:
+    return " + ".join(f"{v['name']} v{v['version']}"
+                      for v in promote["candidate"]["versions"].values())
+
+
+def results_markdown(metrics: dict[str, dict], gallery: str = GALLERY_COPY.name) -> str:
+    """The full results (markdown) from the stages' metrics dicts, keyed by stage;
+    ``gallery`` is the figure's link, relative to the page that shows it."""
     train_c, occ = metrics["train_classifier"], metrics["occlusion_maps"]
     train_e, ev = metrics["train_estimator"], metrics["evaluate"]
     clf, fid, faith = ev["classifier"], ev["fidelity"], ev["faithfulness"]
@@ -48,7 +57,7 @@ def results_markdown(metrics: dict[str, dict]) -> str:
         "baseline = the class-mean map of the training maps):",
         "",
         "| maps | n | median r (estimate / class-mean) | mean SSIM (estimate / class-mean) "
-        "| top-44 IoU | MSE skill |",
+        "| top-10 % IoU | MSE skill |",
         "|---|---|---|---|---|---|",
     ]
     groups = [("all", fid["overall"])]
@@ -101,36 +110,101 @@ def results_markdown(metrics: dict[str, dict]) -> str:
     ]
     promote = metrics.get("promote")
     if promote:
-        pair = " + ".join(f"{v['name']} v{v['version']}"
-                          for v in promote["candidate"]["versions"].values())
         lines += ["", f"Promotion: **{promote['decision']}**"
-                  f"{' (forced)' if promote.get('forced') else ''}, {pair}: "
+                  f"{' (forced)' if promote.get('forced') else ''}, {_pair(promote)}: "
                   f"{promote['reason']}."]
-    lines += ["", f"![exact vs estimated maps]({GALLERY_COPY.as_posix()})"]
+    lines += ["", f"![exact vs estimated maps]({gallery})"]
     return "\n".join(lines)
+
+
+def results_page(metrics: dict[str, dict], source: str = "metrics") -> str:
+    """docs/results.md: a title, what the page covers and where it comes from, then
+    ``results_markdown``; ``source`` names the metrics folder in that note."""
+    return "\n".join([
+        "# Results",
+        "",
+        "The figures of this workspace's last pipeline run: the classifier, the fidelity of "
+        "the estimated maps to the exact ones (overall, per class, per amplitude), "
+        "faithfulness, localisation, sanity, speed, stage timings and the promotion decision. "
+        "How each figure is measured: [evaluation.md](evaluation.md); how the estimator "
+        "variants compare: [estimators.md](estimators.md).",
+        "",
+        f"*Written by `make report` (`python -m pipeline.report`) from `{source}/*.json`; "
+        f"do not edit by hand.*",
+        "",
+        results_markdown(metrics),
+        "",
+    ])
+
+
+def headline_markdown(metrics: dict[str, dict]) -> str:
+    """The README's headline (markdown): accuracy, the estimator's median r per class on
+    the non-trivial maps, the speedup and the promotion decision."""
+    train_c, train_e, ev = (metrics["train_classifier"], metrics["train_estimator"],
+                            metrics["evaluate"])
+    clf, head, speed = ev["classifier"], ev["fidelity"]["headline"], ev["speed"]
+    lines = [
+        f"- Classifier `{train_c['training']['arch']}`: test accuracy "
+        f"**{_pct(clf['accuracy'])}** (ceiling of the data {_pct(clf.get('accuracy_ceiling'))}).",
+        f"- Estimator `{train_e['training']['arch']}` against the exact maps, median Pearson r "
+        f"on the non-trivial maps: **{_num(head['real_median_r'])}** real, "
+        f"**{_num(head['bogus_median_r'])}** bogus (goals "
+        f"{'met' if head['meets_goals'] else 'NOT met'}).",
+        f"- Speed: {speed['estimator_maps_per_s']:,.0f} maps/s against "
+        f"{speed['exact_maps_per_s']:,.0f} for exact maps, **{speed['speedup']:,.0f}x**.",
+    ]
+    promote = metrics.get("promote")
+    if promote:
+        lines.append(f"- Promotion: **{promote['decision']}**"
+                     f"{' (forced)' if promote.get('forced') else ''}, {_pair(promote)}.")
+    lines += ["", f"All figures: [{RESULTS_PAGE.as_posix()}]({RESULTS_PAGE.as_posix()})."]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, body: str, source: str | Path = README,
+                  start: str = START, end: str = END) -> str:
+    """``text`` with what lies between ``start`` and ``end`` replaced by ``body``; the
+    rest is kept byte for byte. ``ValueError`` naming ``source`` unless each marker occurs
+    exactly once, ``start`` first."""
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{source}: needs exactly one {start} followed by one {end} marker "
+                         f"(the block make report rewrites)")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def load_metrics(metrics_dir: str | Path) -> dict[str, dict]:
+    """The stages' metrics dicts, keyed by stage; promote's only when it exists."""
+    metrics = {}
+    for stage in ("train_classifier", "occlusion_maps", "train_estimator", "evaluate"):
+        file = Path(metrics_dir) / f"{stage}.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: not found (run make repro first)")
+        metrics[stage] = json.loads(file.read_text())
+    promote_file = Path(metrics_dir) / "promote.json"
+    if promote_file.is_file():  # the promote stage runs last; older runs may lack it
+        metrics["promote"] = json.loads(promote_file.read_text())
+    return metrics
 
 
 def main() -> None:
     paths = PathsParams.from_dict(load_params().get("paths", {}))
-    metrics = {}
-    for stage in ("train_classifier", "occlusion_maps", "train_estimator", "evaluate"):
-        file = Path(paths.metrics_dir) / f"{stage}.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: not found (run make repro first)")
-        metrics[stage] = json.loads(file.read_text())
-    promote_file = Path(paths.metrics_dir) / "promote.json"
-    if promote_file.is_file():  # the promote stage runs last; older runs may lack it
-        metrics["promote"] = json.loads(promote_file.read_text())
-    text = README.read_text()
-    if text.count(START) != 1 or text.count(END) != 1:
-        raise ValueError(f"{README}: needs exactly one {START} and one {END} marker")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
+    metrics = load_metrics(paths.metrics_dir)
+    if not README.is_file():
+        raise FileNotFoundError(f"{README}: not found (run from the project root)")
+    # Everything that can fail is checked before anything is written.
+    readme = replace_block(README.read_text(), headline_markdown(metrics))
     gallery = Path(paths.plots_dir) / "evaluate" / "gallery.png"
-    with atomic_paths(README, GALLERY_COPY) as (readme_temp, gallery_temp):
-        readme_temp.write_text(f"{head}{START}\n{results_markdown(metrics)}\n{END}{tail}")
+    if not gallery.is_file():
+        raise FileNotFoundError(f"{gallery}: not found (the evaluate stage makes it)")
+    page = results_page(metrics, Path(paths.metrics_dir).as_posix())
+    with atomic_paths(README, RESULTS_PAGE, GALLERY_COPY) as (readme_temp, page_temp,
+                                                               gallery_temp):
+        readme_temp.write_text(readme)
+        page_temp.write_text(page)
         shutil.copyfile(gallery, gallery_temp)
-    print(f"report: rewrote the results section of {README} and {GALLERY_COPY}")
+    print(f"report: wrote {RESULTS_PAGE}, the headline of {README} and {GALLERY_COPY}")
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ def _restore_mlflow_uri_variable():
 
 
 def run_stage(stage, cwd, env, *args, check=True):
-    """Run ``python -m pipeline.<stage> *args`` in ``cwd``; with ``check`` it must succeed."""
-    result = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", *args], cwd=cwd,
+    """Run ``python -m pipeline.stages.<stage> *args`` in ``cwd``; with ``check`` it must
+    succeed."""
+    result = subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", *args], cwd=cwd,
                             env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr

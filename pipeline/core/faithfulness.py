@@ -69,7 +69,7 @@ def curve_auc(curves: np.ndarray) -> np.ndarray:
     return (curves[:, 1:] + curves[:, :-1]).sum(axis=1) / (2 * steps)
 
 
-def random_maps(n: int, height: int = 21, width: int = 21, seed: int = 0) -> np.ndarray:
+def random_maps(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """(N, H, W) uniform random maps: the no-information baseline of a deletion curve."""
     return np.random.default_rng(seed).random((n, height, width))
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-CLASS_NAMES = ("bogus", "real")
+from pipeline.core.geometry import CLASS_NAMES
+
 AMPLITUDE_EDGES = (0.01, 0.05, 0.2)
 AMPLITUDE_BINS = ("<0.01", "0.01-0.05", "0.05-0.2", ">=0.2")
 NON_TRIVIAL = 0.05  # amplitude from which a map counts as non-trivial
-TOP_K = 44  # ~10 % of a 21x21 map
+TOP_SHARE = 0.1  # the top-k IoU's k as a share of the map's pixels: 44 of 21x21
 SSIM_MAX_VAL = 2.0  # the data range of raw maps in [-1, 1]
 METHODS = ("estimate", "class_mean", "zero")
 GOALS = {"median_r": 0.95, "mean_ssim": 0.9, "mse_skill": 0.8}
@@ -69,11 +70,20 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return values.numpy().astype(np.float64)
 
 
-def top_k_iou(a: np.ndarray, b: np.ndarray, k: int = TOP_K) -> np.ndarray:
+def top_k_pixels(pixels: int, share: float = TOP_SHARE) -> int:
+    """k of the top-k IoU on maps of ``pixels`` pixels: ``share`` of them, rounded, >= 1
+    (44 of 441)."""
+    return max(1, round(share * pixels))
+
+
+def top_k_iou(a: np.ndarray, b: np.ndarray, k: int | None = None) -> np.ndarray:
     """(N,) intersection over union of the ``k`` highest pixels (most evidence for the
-    target class) of each pair of maps; ties are broken by pixel order."""
+    target class) of each pair of maps (None: ``top_k_pixels`` of the maps' size); ties
+    are broken by pixel order."""
     a = np.asarray(a).reshape(len(a), -1)
     b = np.asarray(b).reshape(len(b), -1)
+    if k is None:
+        k = top_k_pixels(a.shape[1])
     if not 0 < k <= a.shape[1]:
         raise ValueError(f"k must lie in [1, {a.shape[1]}], got {k}")
     top_a = np.zeros(a.shape, bool)

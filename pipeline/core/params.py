@@ -1,36 +1,165 @@
-"""params.yaml sections as frozen dataclasses.
+"""params.yaml sections as frozen dataclasses, and the one parser that fills them.
 
-Core code never reads YAML: a stage loads params.yaml (``pipeline.io.load_params``) and
+Core code never reads YAML: a stage loads params.yaml (``load_params``, stage glue) and
 passes the section's plain dict to ``from_dict`` here, which checks names and values and
 raises ``ValueError`` naming the offending key.
+
+Each section is a frozen dataclass; ``parse_section`` reads it from its fields alone:
+- the YAML key is the field's name, or ``param(key="synthetic.n")`` for a nested one;
+- the value is coerced by the field's annotation (``int``, ``float``, ``str``, ``bool``
+  (strictly true/false), ``tuple[T, ...]``, ``dict``, or another section dataclass);
+- an absent key, or one left empty (null), takes the field's default, unless the field
+  is ``param(required=True)`` or has no default;
+- ``param(choices=..., at_least=..., above=..., below=...)`` declare the value checks;
+  ``_check`` holds whatever a class needs beyond them.
+Building a dataclass directly checks nothing: only ``from_dict`` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import numbers
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+S = TypeVar("S")
 
 
-def _check_keys(section: str, given: dict, allowed: set[str]) -> None:
-    if not isinstance(given, dict):
+def param(default: Any = dataclasses.MISSING, *, key: str | None = None,
+          required: bool = False, choices: tuple | None = None,
+          at_least: float | None = None, above: float | None = None,
+          below: float | None = None) -> Any:
+    """A dataclass field with its YAML ``key`` (dotted when nested) and value checks
+    (``choices`` applies to each item of a tuple; ``above``/``below`` are exclusive)."""
+    meta = {name: value for name, value in (("key", key), ("choices", choices),
+                                            ("at_least", at_least), ("above", above),
+                                            ("below", below)) if value is not None}
+    if required:
+        meta["required"] = True
+    if isinstance(default, dict):  # a mutable default: a fresh copy per instance
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class Section:
+    """Base of the section dataclasses: ``from_dict`` reads section ``SECTION``."""
+
+    SECTION = ""
+
+    @classmethod
+    def from_dict(cls: type[S], raw: Any) -> S:
+        return parse_section(cls, raw, cls.SECTION)
+
+    def _check(self, section: str) -> None:
+        """Checks beyond those ``param`` declares (none by default)."""
+
+
+def parse_section(cls: type[S], raw: Any, section: str, base: S | None = None) -> S:
+    """The dataclass ``cls`` from the params section ``raw`` (named ``section`` in errors);
+    defaults come from ``base``'s values where given, else from the dataclass."""
+    fields = dataclasses.fields(cls)
+    keys = {f.name: f.metadata.get("key", f.name) for f in fields}
+    given = _flatten(raw, section, list(keys.values()))
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields:
+        key, value = keys[f.name], given.get(keys[f.name])
+        if base is not None:
+            default = getattr(base, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = f.default
+        if value is None:
+            if f.metadata.get("required") or default is dataclasses.MISSING:
+                raise ValueError(f"params section {section!r} lacks the key {key!r}")
+            values[f.name] = default
+            continue
+        value = _coerce(hints[f.name], value, f"{section}.{key}", default)
+        _check_value(value, f"{section}.{key}", f.metadata)
+        values[f.name] = value
+    params = cls(**values)
+    params._check(section)
+    return params
+
+
+def _flatten(raw: Any, section: str, keys: list[str]) -> dict[str, Any]:
+    """``raw`` checked against the dotted ``keys`` it may hold, as {dotted key: value};
+    an empty (null) nested block counts as an empty mapping."""
+    if not isinstance(raw, Mapping):
         raise ValueError(
-            f"params section {section!r} must be a mapping, got {type(given).__name__}")
-    unknown = sorted(set(given) - allowed)
+            f"params section {section!r} must be a mapping, got {type(raw).__name__}")
+    allowed = {key.split(".")[0] for key in keys}
+    unknown = sorted(str(name) for name in set(raw) - allowed)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in params section {section!r}; "
                          f"allowed: {sorted(allowed)}")
+    flat = {}
+    for name, value in raw.items():
+        inner = [key.split(".", 1)[1] for key in keys if key.startswith(f"{name}.")]
+        if not inner:
+            flat[name] = value
+            continue
+        nested = _flatten({} if value is None else value, f"{section}.{name}", inner)
+        flat.update({f"{name}.{key}": item for key, item in nested.items()})
+    return flat
 
 
-def _require(section: str, given: dict, key: str) -> Any:
-    if key not in given:
-        raise ValueError(f"params section {section!r} lacks the key {key!r}")
-    return given[key]
+def _coerce(hint: Any, value: Any, key: str, default: Any) -> Any:
+    """``value`` as the annotation ``hint`` says, or ``ValueError`` naming ``key``."""
+    if dataclasses.is_dataclass(hint):
+        return parse_section(hint, value, key, base=default)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(item, v, f"{key}[{i}]", None) for i, v in enumerate(value))
+    if hint is dict or typing.get_origin(hint) is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint in (int, float, str) and (isinstance(value, str) or number):
+        with contextlib.suppress(ValueError):  # e.g. int("3.5"): the error below
+            if hint is not int:
+                return hint(value)
+            if isinstance(value, numbers.Integral) or float(value).is_integer():
+                return int(value)
+    what = {int: "an integer", float: "a number", str: "a string"}.get(hint)
+    if what is None:
+        raise TypeError(f"{key}: no coercion to {hint!r}")
+    raise ValueError(f"{key} must be {what}, got {value!r}")
+
+
+def _check_value(value: Any, key: str, meta: Mapping) -> None:
+    """The checks ``param`` declared in ``meta`` on the coerced ``value``."""
+    if "choices" in meta:
+        items = enumerate(value) if isinstance(value, tuple) else [(None, value)]
+        for i, item in items:
+            if item not in meta["choices"]:
+                name = key if i is None else f"{key}[{i}]"
+                raise ValueError(f"{name} must be one of {meta['choices']}, got {item!r}")
+    if "at_least" in meta and value < meta["at_least"]:
+        raise ValueError(f"{key} must be >= {meta['at_least']}, got {value}")
+    low, high = meta.get("above"), meta.get("below")
+    if (low is not None and value <= low) or (high is not None and value >= high):
+        bounds = (f"in ({low}, {high})" if low is not None and high is not None
+                  else f"> {low}" if low is not None else f"< {high}")
+        raise ValueError(f"{key} must be {bounds}, got {value}")
 
 
 @dataclass(frozen=True)
-class PathsParams:
+class PathsParams(Section):
     """Where every stage reads and writes, relative to the project root."""
+
+    SECTION = "paths"
 
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
@@ -39,266 +168,154 @@ class PathsParams:
     metrics_dir: str = "metrics"
     plots_dir: str = "plots"
 
-    @classmethod
-    def from_dict(cls, raw: dict) -> PathsParams:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        _check_keys("paths", raw, fields)
-        return cls(**{k: str(v) for k, v in raw.items()})
-
 
 @dataclass(frozen=True)
-class DataParams:
+class DataParams(Section):
     """The ``data`` section: where the stamps come from and how they are split."""
 
-    source: str = "synthetic"  # "synthetic" (the twin) or "hits" (the real pickle)
-    seed: int = 42
-    hits_path: str = "data/raw/HiTS2013_100k_samples(4_channels)_images_labels.pkl"
-    synthetic_n: int = 100_000
-    synthetic_preset: str = "default"
-    synthetic_overrides: dict = dataclasses.field(default_factory=dict)
-    test_fraction: float = 0.25
-    val_fraction: float = 0.25  # of what remains after the test split
-
+    SECTION = "data"
     SOURCES = ("synthetic", "hits")
+    SYNTHETIC_CHANNELS = ("template", "science", "difference", "snr_difference")
 
-    @classmethod
-    def from_dict(cls, raw: dict) -> DataParams:
-        _check_keys("data", raw, {"source", "seed", "hits", "synthetic", "split"})
-        hits = raw.get("hits", {}) or {}
-        synthetic = raw.get("synthetic", {}) or {}
-        split = raw.get("split", {}) or {}
-        _check_keys("data.hits", hits, {"path"})
-        _check_keys("data.synthetic", synthetic, {"n", "preset", "overrides"})
-        _check_keys("data.split", split, {"test_fraction", "val_fraction"})
-        params = cls(
-            source=str(_require("data", raw, "source")),
-            seed=int(raw.get("seed", cls.seed)),
-            hits_path=str(hits.get("path", cls.hits_path)),
-            synthetic_n=int(synthetic.get("n", cls.synthetic_n)),
-            synthetic_preset=str(synthetic.get("preset", cls.synthetic_preset)),
-            synthetic_overrides=dict(synthetic.get("overrides", {}) or {}),
-            test_fraction=float(split.get("test_fraction", cls.test_fraction)),
-            val_fraction=float(split.get("val_fraction", cls.val_fraction)),
-        )
-        if params.source not in cls.SOURCES:
-            raise ValueError(f"data.source must be one of {cls.SOURCES}, got {params.source!r}")
-        if params.synthetic_n < 1:
-            raise ValueError(f"data.synthetic.n must be >= 1, got {params.synthetic_n}")
-        for name in ("test_fraction", "val_fraction"):
-            value = getattr(params, name)
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"data.split.{name} must be in (0, 1), got {value}")
-        return params
+    # "synthetic" (the twin) or "hits" (the real pickle)
+    source: str = param("synthetic", required=True, choices=SOURCES)
+    seed: int = 42
+    hits_path: str = param("data/raw/HiTS2013_100k_samples(4_channels)_images_labels.pkl",
+                           key="hits.path")
+    synthetic_n: int = param(100_000, key="synthetic.n", at_least=1)
+    synthetic_preset: str = param("default", key="synthetic.preset")
+    synthetic_overrides: dict = param({}, key="synthetic.overrides")
+    synthetic_stamp_size: int = param(21, key="synthetic.stamp_size")  # odd, >= 11
+    synthetic_channels: tuple[str, ...] = param(SYNTHETIC_CHANNELS, key="synthetic.channels",
+                                                choices=SYNTHETIC_CHANNELS)
+    test_fraction: float = param(0.25, key="split.test_fraction", above=0, below=1)
+    # of what remains after the test split
+    val_fraction: float = param(0.25, key="split.val_fraction", above=0, below=1)
+
+    def _check(self, section: str) -> None:
+        size, channels = self.synthetic_stamp_size, self.synthetic_channels
+        if size < 11 or size % 2 == 0:
+            raise ValueError(f"{section}.synthetic.stamp_size must be an odd integer >= 11, "
+                             f"got {size}")
+        if not channels or len(set(channels)) < len(channels):
+            raise ValueError(f"{section}.synthetic.channels must name at least one channel, "
+                             f"each once, got {list(channels)}")
 
 
 @dataclass(frozen=True)
-class ClassifierParams:
+class ClassifierParams(Section):
     """The ``classifier`` section: which net, on which channels, trained how."""
+
+    SECTION = "classifier"
 
     arch: str = "seed"  # seed | deephits
     channels: tuple[int, ...] = (3,)
     optimizer: str = "sgd"
-    learning_rate: float = 0.01
-    batch_size: int = 64
-    epochs: int = 100
-    patience: int = 5
+    learning_rate: float = param(0.01, above=0)
+    batch_size: int = param(64, at_least=1)
+    epochs: int = param(100, at_least=1)
+    patience: int = param(5, at_least=0)
     seed: int = 42
-    hparams: dict = dataclasses.field(default_factory=dict)  # builder keywords
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> ClassifierParams:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        _check_keys("classifier", raw, fields)
-        defaults = cls()
-        params = cls(
-            arch=str(raw.get("arch", defaults.arch)),
-            channels=tuple(int(c) for c in raw.get("channels", defaults.channels)),
-            optimizer=str(raw.get("optimizer", defaults.optimizer)),
-            learning_rate=float(raw.get("learning_rate", defaults.learning_rate)),
-            batch_size=int(raw.get("batch_size", defaults.batch_size)),
-            epochs=int(raw.get("epochs", defaults.epochs)),
-            patience=int(raw.get("patience", defaults.patience)),
-            seed=int(raw.get("seed", defaults.seed)),
-            hparams=dict(raw.get("hparams", {}) or {}),
-        )
-        for name in ("batch_size", "epochs"):
-            if getattr(params, name) < 1:
-                raise ValueError(f"classifier.{name} must be >= 1, got {getattr(params, name)}")
-        if params.learning_rate <= 0:
-            raise ValueError(f"classifier.learning_rate must be > 0, got {params.learning_rate}")
-        if params.patience < 0:
-            raise ValueError(f"classifier.patience must be >= 0, got {params.patience}")
-        return params
+    hparams: dict = param({})  # builder keywords
 
 
 @dataclass(frozen=True)
-class OcclusionParams:
+class OcclusionParams(Section):
     """The ``occlusion`` section: how exact maps are computed (see core/occlusion.py)."""
+
+    SECTION = "occlusion"
+    TARGETS = ("predicted", "label")
 
     patch: int = 3
     stride: int = 1
     fill: float = 0.0
     padding: str = "same"  # same | valid
     reduce: str = "mean"  # mean | sum
-    target: str = "predicted"  # predicted | label
-    chunk_size: int = 4  # stamps per classifier batch (chunk_size * 441 images)
-
-    TARGETS = ("predicted", "label")
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> OcclusionParams:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        _check_keys("occlusion", raw, fields)
-        defaults = cls()
-        params = cls(**{name: type(getattr(defaults, name))(raw.get(name, getattr(defaults, name)))
-                        for name in fields})
-        if params.target not in cls.TARGETS:
-            raise ValueError(f"occlusion.target must be one of {cls.TARGETS}, "
-                             f"got {params.target!r}")
-        if params.chunk_size < 1:
-            raise ValueError(f"occlusion.chunk_size must be >= 1, got {params.chunk_size}")
-        return params
+    target: str = param("predicted", choices=TARGETS)  # predicted | label
+    # stamps per classifier batch (chunk_size * 441 images)
+    chunk_size: int = param(4, at_least=1)
 
 
 @dataclass(frozen=True)
-class EstimatorParams:
+class EstimatorParams(Section):
     """The ``estimator`` section: the one-pass map estimator and its training
     (see core/models/estimators.py)."""
 
-    arch: str = "gated_ae"  # seed_ae | unet | gated_ae | headroom_ae | tap_ae
-    condition: str = "features"  # class | margin | features | taps
+    SECTION = "estimator"
+    ARCHS = ("seed_ae", "unet", "gated_ae", "headroom_ae", "tap_ae")
+    CONDITIONS = ("class", "margin", "features", "taps")
+
+    arch: str = param("gated_ae", choices=ARCHS)
+    condition: str = param("features", choices=CONDITIONS)
     optimizer: str = "adam"
-    learning_rate: float = 0.001
-    batch_size: int = 128
-    epochs: int = 30
-    patience: int = 4
-    shape_weight: float = 0.1  # weight of the amplitude-relative loss term
-    train_limit: int = 0  # use at most this many training maps (0: all)
+    learning_rate: float = param(0.001, above=0)
+    batch_size: int = param(128, at_least=1)
+    epochs: int = param(30, at_least=1)
+    patience: int = param(4, at_least=0)
+    # weight of the amplitude-relative loss term
+    shape_weight: float = param(0.1, at_least=0)
+    # use at most this many training maps (0: all)
+    train_limit: int = param(0, at_least=0)
     seed: int = 42
     copy_weights: bool = True
     freeze_encoder: bool = True
     # train also on each map's three quarter turns where they are exact maps too (a
     # classifier invariant to quarter turns, a symmetric patch grid): 4x data for free
     quarter_turns: bool = True
-    hparams: dict = dataclasses.field(default_factory=dict)  # builder keywords
-
-    ARCHS = ("seed_ae", "unet", "gated_ae", "headroom_ae", "tap_ae")
-    CONDITIONS = ("class", "margin", "features", "taps")
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> EstimatorParams:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        _check_keys("estimator", raw, fields)
-        defaults = cls()
-        values = {}
-        for name in fields - {"hparams"}:
-            value = raw.get(name, getattr(defaults, name))
-            kind = type(getattr(defaults, name))
-            if kind is bool and not isinstance(value, bool):
-                raise ValueError(f"estimator.{name} must be true or false, got {value!r}")
-            values[name] = kind(value)
-        params = cls(**values, hparams=dict(raw.get("hparams", {}) or {}))
-        if params.arch not in cls.ARCHS:
-            raise ValueError(f"estimator.arch must be one of {cls.ARCHS}, got {params.arch!r}")
-        if params.condition not in cls.CONDITIONS:
-            raise ValueError(f"estimator.condition must be one of {cls.CONDITIONS}, "
-                             f"got {params.condition!r}")
-        for name in ("batch_size", "epochs"):
-            if getattr(params, name) < 1:
-                raise ValueError(f"estimator.{name} must be >= 1, got {getattr(params, name)}")
-        if params.learning_rate <= 0 or params.shape_weight < 0 or params.train_limit < 0:
-            raise ValueError("estimator.learning_rate must be > 0, shape_weight and "
-                             "train_limit >= 0")
-        if params.patience < 0:
-            raise ValueError(f"estimator.patience must be >= 0, got {params.patience}")
-        return params
+    hparams: dict = param({})  # builder keywords
 
 
 @dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Section):
     """The ``evaluate`` section: how many test stamps the costlier checks use."""
 
-    faithfulness_n: int = 5000  # stamps whose deletion curves are computed (0: all)
-    deletion_steps: int = 21  # re-classifications per curve, after the unmasked one
-    sanity_n: int = 200  # stamps mapped under the re-randomised classifier
-    speed_n: int = 1024  # stamps both the exact engine and the estimator map, timed
-    seed: int = 0
+    SECTION = "evaluate"
 
-    @classmethod
-    def from_dict(cls, raw: dict) -> EvaluateParams:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        _check_keys("evaluate", raw, fields)
-        params = cls(**{name: int(raw.get(name, getattr(cls(), name))) for name in fields})
-        for name in ("faithfulness_n", "sanity_n"):
-            if getattr(params, name) < 0:
-                raise ValueError(f"evaluate.{name} must be >= 0, got {getattr(params, name)}")
-        if params.deletion_steps < 1 or params.speed_n < 1:
-            raise ValueError("evaluate.deletion_steps and evaluate.speed_n must be >= 1")
-        return params
+    # stamps whose deletion curves are computed (0: all)
+    faithfulness_n: int = param(5000, at_least=0)
+    # re-classifications per curve, after the unmasked one
+    deletion_steps: int = param(21, at_least=1)
+    # stamps mapped under the re-randomised classifier
+    sanity_n: int = param(200, at_least=0)
+    # stamps both the exact engine and the estimator map, timed
+    speed_n: int = param(1024, at_least=1)
+    seed: int = 0
 
 
 @dataclass(frozen=True)
-class TuneTarget:
-    """``tune.classifier`` / ``tune.estimator``: one Optuna study and its trial budget."""
+class TuneTarget(Section):
+    """``tune.classifier`` / ``tune.estimator``: one Optuna study and its trial budget
+    (parsed as a field of ``TuneParams``, which names the section)."""
+
+    FIDELITIES = ("mse_skill_overall", "bogus_median_r")
 
     study: str
-    n_trials: int = 20  # finished trials (complete or pruned) over all workers
-    epochs: int = 10  # per trial (early stopping may end sooner)
-    train_limit: int = 20_000  # training stamps per trial (0: all)
-    val_limit: int = 0  # validation stamps per trial (0: all)
+    # finished trials (complete or pruned) over all workers
+    n_trials: int = param(20, at_least=1)
+    epochs: int = param(10, at_least=1)  # per trial (early stopping may end sooner)
+    train_limit: int = param(20_000, at_least=0)  # training stamps per trial (0: all)
+    val_limit: int = param(0, at_least=0)  # validation stamps per trial (0: all)
     enqueue_defaults: bool = True  # trial 0 = the section's current values: the baseline
-    space: dict = dataclasses.field(default_factory=dict)
+    space: dict = param({})
     # classifier study: median pruning on val_accuracy
     pruner_startup_trials: int = 5
     pruner_warmup_epochs: int = 2
     # estimator study: objectives (fidelity, maps/s) and the pick on the Pareto front
-    fidelity: str = "mse_skill_overall"  # or bogus_median_r (non-trivial bogus maps)
+    # mse_skill_overall or bogus_median_r (non-trivial bogus maps)
+    fidelity: str = param("mse_skill_overall", choices=FIDELITIES)
     fidelity_floor: float = 0.9
-    speed_batch: int = 2048  # stamps timed per trial (val stamps)
-
-    FIDELITIES = ("mse_skill_overall", "bogus_median_r")
+    speed_batch: int = param(2048, at_least=1)  # stamps timed per trial (val stamps)
 
 
 @dataclass(frozen=True)
-class TuneParams:
+class TuneParams(Section):
     """The ``tune`` section: where studies live and what each searches."""
+
+    SECTION = "tune"
 
     storage: str = ""  # "" -> the journal file below; else an Optuna storage URL
     journal: str = "tuning/optuna-journal.log"
     seed: int = 42
-    workers: int = 1
+    workers: int = param(1, at_least=1)
     classifier: TuneTarget = TuneTarget("classifier")
     estimator: TuneTarget = TuneTarget("estimator")
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> TuneParams:
-        _check_keys("tune", raw, {f.name for f in dataclasses.fields(cls)})
-        targets = {}
-        for name in ("classifier", "estimator"):
-            section = dict(raw.get(name, {}) or {})
-            _check_keys(f"tune.{name}", section, {f.name for f in dataclasses.fields(TuneTarget)})
-            defaults = TuneTarget(name)
-            values = {}
-            for field in dataclasses.fields(TuneTarget):
-                value = section.get(field.name, getattr(defaults, field.name))
-                kind = type(getattr(defaults, field.name))
-                if kind is bool and not isinstance(value, bool):
-                    raise ValueError(f"tune.{name}.{field.name} must be true or false, "
-                                     f"got {value!r}")
-                values[field.name] = dict(value or {}) if kind is dict else kind(value)
-            target = TuneTarget(**values)
-            if target.n_trials < 1 or target.epochs < 1 or target.speed_batch < 1:
-                raise ValueError(f"tune.{name}: n_trials, epochs and speed_batch must be >= 1")
-            if min(target.train_limit, target.val_limit) < 0:
-                raise ValueError(f"tune.{name}: train_limit and val_limit must be >= 0")
-            if target.fidelity not in TuneTarget.FIDELITIES:
-                raise ValueError(f"tune.{name}.fidelity must be one of "
-                                 f"{TuneTarget.FIDELITIES}, got {target.fidelity!r}")
-            targets[name] = target
-        params = cls(storage=str(raw.get("storage", "") or ""),
-                     journal=str(raw.get("journal", cls.journal)),
-                     seed=int(raw.get("seed", cls.seed)),
-                     workers=int(raw.get("workers", cls.workers)), **targets)
-        if params.workers < 1:
-            raise ValueError(f"tune.workers must be >= 1, got {params.workers}")
-        return params

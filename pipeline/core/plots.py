@@ -9,7 +9,7 @@ matplotlib.use("Agg")  # no display on build machines; figures are files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-CLASS_NAMES = ("bogus", "real")
+from pipeline.core.geometry import CLASS_NAMES, StampGeometry  # noqa: E402
 
 
 def confusion_matrix_figure(confusion: dict, title: str = "Confusion matrix") -> plt.Figure:
@@ -47,20 +47,29 @@ def training_curves_figure(history: dict[str, list[float]], title: str = "") -> 
     return fig
 
 
-CHANNEL_NAMES = ("template", "science", "difference", "SNR diff.")
+# Short panel titles of channel names that do not fit above a stamp.
+SHORT_NAMES = {"snr_difference": "SNR diff."}
+
+
+def channel_titles(stamps: np.ndarray, channels=None) -> list[str]:
+    """Panel titles of the channels of ``stamps`` (N, H, W, C): ``channels`` (names), or
+    the geometry's default names for C channels, shortened where long."""
+    names = StampGeometry.from_stamps(stamps, channels).channels
+    return [SHORT_NAMES.get(name, name) for name in names]
 
 
 def map_gallery_figure(stamps: np.ndarray, exact: np.ndarray, estimate: np.ndarray,
-                       captions: list[str], title: str = "") -> plt.Figure:
-    """One row per stamp: its four channels (grey, [0, 1]), the exact map, the estimated
-    map (both on one symmetric colour scale per row) and their difference.
+                       captions: list[str], title: str = "", channels=None) -> plt.Figure:
+    """One row per stamp: its channels (grey, [0, 1]), the exact map, the estimated map
+    (both on one symmetric colour scale per row) and their difference.
 
-    stamps (N, 21, 21, 4) in [0, 1]; exact, estimate (N, 21, 21) raw maps; captions N
-    strings shown at the row's left.
+    stamps (N, H, W, C) in [0, 1], ``channels`` their C names (None: the default names);
+    exact, estimate (N, H, W) raw maps; captions N strings shown at the row's left.
     """
-    n = len(stamps)
-    fig, axes = plt.subplots(n, 7, figsize=(10.5, 1.6 * n + 0.6), dpi=100, squeeze=False)
-    headers = [*CHANNEL_NAMES, "exact map", "estimate", "estimate - exact"]
+    n, count = len(stamps), stamps.shape[-1]
+    fig, axes = plt.subplots(n, count + 3, figsize=(1.5 * (count + 3), 1.6 * n + 0.6),
+                             dpi=100, squeeze=False)
+    headers = [*channel_titles(stamps, channels), "exact map", "estimate", "estimate - exact"]
     for row in range(n):
         scale = max(float(np.abs(exact[row]).max()), float(np.abs(estimate[row]).max()), 1e-6)
         difference = estimate[row] - exact[row]
@@ -75,7 +84,7 @@ def map_gallery_figure(stamps: np.ndarray, exact: np.ndarray, estimate: np.ndarr
             if row == 0:
                 ax.set_title(headers[col], fontsize=8)
         axes[row, 0].set_ylabel(captions[row], fontsize=7)
-        axes[row, 6].text(1.05, 0.5, f"±{scale:.3f}", transform=axes[row, 6].transAxes,
+        axes[row, -1].text(1.05, 0.5, f"±{scale:.3f}", transform=axes[row, -1].transAxes,
                           fontsize=7, va="center")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -85,7 +94,7 @@ def map_gallery_figure(stamps: np.ndarray, exact: np.ndarray, estimate: np.ndarr
 
 def worst_and_random_gallery(stamps: np.ndarray, labels: np.ndarray, exact: np.ndarray,
                              estimate: np.ndarray, title: str, rows: int = 12,
-                             seed: int = 0) -> plt.Figure:
+                             seed: int = 0, channels=None) -> plt.Figure:
     """``map_gallery_figure`` of ``rows`` stamps, half real, half bogus: in each class the
     worst non-trivial maps (lowest Pearson r) and a seeded random few."""
     from pipeline.core import fidelity
@@ -101,7 +110,8 @@ def worst_and_random_gallery(stamps: np.ndarray, labels: np.ndarray, exact: np.n
         chosen = rng.choice(rest, size=min(rows // 2 - len(worst), len(rest)), replace=False)
         picked += [*worst.tolist(), *chosen.tolist()]
     captions = [f"{CLASS_NAMES[labels[i]]} #{i}\nr={scores[i]:.2f}" for i in picked]
-    return map_gallery_figure(stamps[picked], exact[picked], estimate[picked], captions, title)
+    return map_gallery_figure(stamps[picked], exact[picked], estimate[picked], captions, title,
+                              channels)
 
 
 def deletion_curves_figure(fractions: np.ndarray, curves: dict[str, np.ndarray],
@@ -121,17 +131,20 @@ def deletion_curves_figure(fractions: np.ndarray, curves: dict[str, np.ndarray],
 
 
 def stamp_panel_figure(stamp: np.ndarray, occlusion_map: np.ndarray, caption: str = "",
-                       ) -> plt.Figure:
-    """One stamp's four channels (grey, [0, 1]) beside its map (symmetric colour scale).
+                       channels=None) -> plt.Figure:
+    """One stamp's channels (grey, [0, 1]) beside its map (symmetric colour scale).
 
-    stamp (21, 21, 4) in [0, 1]; occlusion_map (21, 21) raw map in [-1, 1].
+    stamp (H, W, C) in [0, 1], ``channels`` its C names (None: the default names);
+    occlusion_map (H, W) raw map in [-1, 1].
     """
-    fig, axes = plt.subplots(1, 5, figsize=(8.5, 2.0), dpi=100)
+    count = stamp.shape[-1]
+    titles = channel_titles(stamp[None], channels)
+    fig, axes = plt.subplots(1, count + 1, figsize=(1.7 * (count + 1), 2.0), dpi=100)
     scale = max(float(np.abs(occlusion_map).max()), 1e-6)
     for col, ax in enumerate(axes):
-        if col < 4:
+        if col < count:
             ax.imshow(stamp[..., col], cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_title(CHANNEL_NAMES[col], fontsize=8)
+            ax.set_title(titles[col], fontsize=8)
         else:
             shown = ax.imshow(occlusion_map, cmap="RdBu_r", vmin=-scale, vmax=scale)
             ax.set_title("occlusion map", fontsize=8)

@@ -19,7 +19,7 @@ import numpy as np
 from numpy._core.multiarray import _reconstruct, scalar
 from numpy._core.numeric import _frombuffer
 
-STAMP_SHAPE = (21, 21, 4)
+from pipeline.core.geometry import HITS
 
 # Exactly what numpy array pickles (protocols 0-5, Python 2 and 3, numpy 1 and 2) refer to.
 _ALLOWED_GLOBALS = {
@@ -109,9 +109,10 @@ def validate_stamps(obj: object, *, source: str) -> tuple[np.ndarray, np.ndarray
     images, labels = keys["images"], keys["labels"]
     if not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray):
         raise HitsDataError(f"{source}: 'images' and 'labels' must be numpy arrays")
-    if images.ndim != 4 or images.shape[1:] != STAMP_SHAPE:
+    if images.ndim != 4 or images.shape[1:] != HITS.shape:
         raise HitsDataError(
-            f"{source}: images must have shape (N, 21, 21, 4), got {images.shape}"
+            f"{source}: images must have shape (N, {', '.join(map(str, HITS.shape))}), "
+            f"got {images.shape}"
         )
     if not (np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer)):
         raise HitsDataError(f"{source}: images must be numeric, got dtype {images.dtype}")

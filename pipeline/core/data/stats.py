@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.data.synthetic import CHANNELS, STAMP_SIZE
+from pipeline.core.data.synthetic import CHANNELS
 
 # The real HiTS2013 figures the twin is checked against (shared/design/hits-synthetic.md).
 REAL_SET = {
@@ -19,12 +19,23 @@ REAL_SET = {
 }
 
 
-def describe_stamps(images: np.ndarray, labels: np.ndarray) -> dict:
-    """Counts, class balance and pixel statistics of (N, 21, 21, C) stamps in [0, 1]."""
+def describe_stamps(images: np.ndarray, labels: np.ndarray,
+                    channel_names: tuple[str, ...] | None = None) -> dict:
+    """Counts, class balance and pixel statistics of (N, H, W, C) stamps in [0, 1].
+
+    ``channel_names`` (C,) names the per-channel figures; by default the generator's
+    ``CHANNELS`` when C is 4, else the channel indices.
+    """
     n = len(labels)
     channel_mean = images.mean(axis=(0, 1, 2), dtype=np.float64)
     channel_std = images.std(axis=(0, 1, 2), dtype=np.float64)
-    names = CHANNELS if images.shape[-1] == len(CHANNELS) else range(images.shape[-1])
+    if channel_names is not None:
+        if len(channel_names) != images.shape[-1]:
+            raise ValueError(f"{len(channel_names)} channel_names for "
+                             f"{images.shape[-1]} channels")
+        names = channel_names
+    else:
+        names = CHANNELS if images.shape[-1] == len(CHANNELS) else range(images.shape[-1])
     return {
         "n": int(n),
         "n_real": int((labels == 1).sum()),
@@ -38,10 +49,12 @@ def describe_stamps(images: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def centre_offset(images: np.ndarray, channel: int) -> np.ndarray:
-    """(N,) Chebyshev distance (px) of each stamp's maximum in ``channel`` from the centre."""
+    """(N,) Chebyshev distance (px) of each stamp's maximum in ``channel`` from the centre
+    of (N, S, S, C) stamps (S odd)."""
+    size = images.shape[2]
     flat = images[..., channel].reshape(len(images), -1).argmax(axis=1)
-    centre = STAMP_SIZE // 2
-    rows, cols = np.divmod(flat, STAMP_SIZE)
+    centre = size // 2
+    rows, cols = np.divmod(flat, size)
     return np.maximum(np.abs(rows - centre), np.abs(cols - centre))
 
 

@@ -1,8 +1,9 @@
 """The real/bogus classifiers whose decisions the occlusion maps explain.
 
-Builders take plain hyperparameters (never an Optuna trial) and return an uncompiled
-``keras.Model`` mapping stamps (B, 21, 21, 4) float32 in [0, 1] to softmax probabilities
-(B, 2) over (bogus, real). Each model selects the channels it sees itself.
+Builders take the stamp geometry and plain hyperparameters (never an Optuna trial) and
+return an uncompiled ``keras.Model`` mapping stamps (B, H, W, C) float32 in [0, 1] to
+softmax probabilities (B, K) over the geometry's classes ((bogus, real) for HiTS). Each
+model selects the channels it sees itself.
 """
 
 from __future__ import annotations
@@ -10,29 +11,28 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from pipeline.core.geometry import HITS, StampGeometry
 from pipeline.core.models.layers import RotationPool, RotationStack, SelectChannels
 
-STAMP_SHAPE = (21, 21, 4)
-N_CLASSES = 2
-SNR_CHANNEL = 3
 
-
-def build_seed(channels=(SNR_CHANNEL,), *, filters=8, dense=10, dropout=0.5,
+def build_seed(geometry: StampGeometry, channels, *, filters=8, dense=10, dropout=0.5,
                name="seed") -> keras.Model:
     """The original study's net: Conv2D(8, 3, same, relu) -> MaxPool(2) -> Flatten ->
-    Dense(10, relu) -> Dropout(0.5) -> Dense(2, softmax). 8,112 parameters on one channel."""
-    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    Dense(10, relu) -> Dropout(0.5) -> Dense(2, softmax). 8,112 parameters on one channel
+    of a 21x21 stamp."""
+    stamps = keras.Input(geometry.shape, name="stamps")
     x = SelectChannels(channels, name="channels")(stamps)
     x = layers.Conv2D(filters, 3, padding="same", activation="relu", name="conv")(x)
     x = layers.MaxPooling2D(2, name="pool")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    probabilities = layers.Dense(N_CLASSES, activation="softmax", name="probabilities")(x)
+    probabilities = layers.Dense(len(geometry.classes), activation="softmax",
+                                 name="probabilities")(x)
     return keras.Model(stamps, probabilities, name=name)
 
 
-def build_deephits(channels=(0, 1, 2, 3), *, filters=32, dense=64, dropout=0.5,
+def build_deephits(geometry: StampGeometry, channels, *, filters=32, dense=64, dropout=0.5,
                    leaky_slope=0.01, name="deephits") -> keras.Model:
     """A Deep-HiTS-class net: conv 32@4x4, conv 32@3x3, max-pool, three conv 64@3x3,
     max-pool, dense 64, dense 64 + dropout 0.5, softmax 2, leaky ReLU; the four 90-degree
@@ -43,7 +43,7 @@ def build_deephits(channels=(0, 1, 2, 3), *, filters=32, dense=64, dropout=0.5,
         x = layers.Conv2D(width, size, padding="same", name=label)(x)
         return layers.LeakyReLU(negative_slope=leaky_slope, name=f"{label}_act")(x)
 
-    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    stamps = keras.Input(geometry.shape, name="stamps")
     x = SelectChannels(channels, name="channels")(stamps)
     x = RotationStack(name="rotations")(x)
     x = conv(x, filters, 4, "conv1")
@@ -59,21 +59,26 @@ def build_deephits(channels=(0, 1, 2, 3), *, filters=32, dense=64, dropout=0.5,
     x = layers.Dense(dense, name="dense2")(x)
     x = layers.LeakyReLU(negative_slope=leaky_slope, name="dense2_act")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    probabilities = layers.Dense(N_CLASSES, activation="softmax", name="probabilities")(x)
+    probabilities = layers.Dense(len(geometry.classes), activation="softmax",
+                                 name="probabilities")(x)
     return keras.Model(stamps, probabilities, name=name)
 
 
 BUILDERS = {"seed": build_seed, "deephits": build_deephits}
 
 
-def build_classifier(arch: str, channels, **hparams) -> keras.Model:
-    """The ``arch`` builder with ``channels`` and its hyperparameters."""
+def build_classifier(arch: str, channels, geometry: StampGeometry = HITS,
+                     **hparams) -> keras.Model:
+    """The ``arch`` builder for stamps of ``geometry``, seeing ``channels`` (names or
+    indices of the geometry's channels), with its hyperparameters."""
     if arch not in BUILDERS:
         raise ValueError(f"unknown classifier arch {arch!r}; choose one of {sorted(BUILDERS)}")
-    channels = tuple(int(c) for c in channels)
-    if not channels or any(c < 0 or c >= STAMP_SHAPE[-1] for c in channels):
-        raise ValueError(f"classifier channels must be a non-empty subset of 0-3, got {channels}")
-    return BUILDERS[arch](channels, **hparams)
+    try:
+        indices = geometry.channel_indices(channels)
+    except ValueError as err:
+        raise ValueError(f"classifier channels must be distinct channels of the stamps "
+                         f"({err})") from None
+    return BUILDERS[arch](geometry, indices, **hparams)
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -92,7 +97,7 @@ def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float)
 
 
 def quarter_turn_invariant(model: keras.Model, stamps, *, atol: float = 1e-5) -> bool:
-    """Whether ``model``'s probabilities on ``stamps`` (N, 21, 21, 4) stay within ``atol``
+    """Whether ``model``'s probabilities on ``stamps`` (N, H, W, C) stay within ``atol``
     when the stamps are turned by 90, 180 or 270 degrees (measured, not assumed: the
     deephits net is invariant by construction, the seed net is not)."""
     import numpy as np
@@ -108,7 +113,7 @@ def quarter_turn_invariant(model: keras.Model, stamps, *, atol: float = 1e-5) ->
 
 def seen_channels_predict_fn(model: keras.Model):
     """(predict_fn, channels) for the occlusion engine: a traceable function of the
-    channels the classifier sees, (B, H, W, len(channels)) -> (B, 2), and those channels.
+    channels the classifier sees, (B, H, W, len(channels)) -> (B, K), and those channels.
 
     A model that starts with ``SelectChannels`` is cut after it, so occluded copies need
     only its channels (4x less copying for the SNR-only seed net); any other model gets

@@ -1,18 +1,21 @@
 """One-pass occlusion-map estimators: predict the exact map of a stamp in one forward pass.
 
-An estimator is a ``keras.Model`` with two inputs, the stamps (B, 21, 21, 4) float32 in
+An estimator is a ``keras.Model`` with two inputs, the stamps (B, H, W, C) float32 in
 [0, 1] (it selects the classifier's channels itself) and a condition vector (B, D) that
 comes from one pass of the classifier (see ``condition_model``), and one output, the raw
-map (B, 21, 21) in [-1, 1]. ``explainer`` joins classifier and estimator into one model
-stamps -> map, which is what is saved, registered and served.
+map (B, H, W) in [-1, 1]. The stamp geometry is the classifier's input shape (21x21x4 for
+HiTS, which the sizes quoted below assume); decoders compute their grids from it.
+``explainer`` joins classifier and estimator into one model stamps -> map, which is what
+is saved, registered and served.
 
 Variants (``ESTIMATORS``):
 
 - ``seed_ae``: the original study's best model. An encoder mirroring the classifier's conv
   layers up to its first pooling (weights copied from the trained classifier, frozen), a
-  dense bottleneck with the condition concatenated, and a decoder back to 21x21 through
-  one transposed convolution at 11x11.
-- ``unet``: a small U-Net (21x21 padded to 24x24, two poolings, skip connections) with the
+  dense bottleneck with the condition concatenated, and a decoder back to H x W through
+  one transposed convolution at half size (11x11 -> 22x22, cropped to 21x21).
+- ``unet``: a small U-Net (padded to a multiple of 4: 21x21 -> 24x24, two poolings, skip
+  connections) with the
   condition tiled onto the bottleneck. Full resolution: slower.
 - ``gated_ae``: aimed at the bogus class. The seed_ae trunk, conditioned also on the
   softmax margin and the classifier's penultimate features; the decoder predicts the
@@ -54,14 +57,12 @@ from pipeline.core.models.layers import (
     TileCondition,
 )
 
-MAP_SHAPE = (21, 21)
-STAMP_SHAPE = (21, 21, 4)
 CONDITIONS = ("class", "margin", "features", "taps")
 SHARE_BIAS = -4.0
 
 
 def condition_model(classifier: keras.Model, condition: str = "class") -> keras.Model:
-    """stamps (B, 21, 21, 4) -> condition (B, D), from the classifier (frozen, inference).
+    """stamps (B, H, W, C) -> condition (B, D), from the classifier (frozen, inference).
 
     ``class``: one-hot predicted class (D = 2); ``margin``: plus the scaled log-odds
     margin (D = 3, see ``ClassCondition``); ``features``: plus the classifier's
@@ -71,7 +72,7 @@ def condition_model(classifier: keras.Model, condition: str = "class") -> keras.
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     classifier.trainable = False
-    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    stamps = keras.Input(input_stamp_shape(classifier), name="stamps")
     if condition in ("features", "taps"):
         outputs = [classifier.output, classifier.get_layer("probabilities").input]
         if condition == "taps":
@@ -89,6 +90,11 @@ def condition_model(classifier: keras.Model, condition: str = "class") -> keras.
         probabilities = classifier(stamps, training=False)
         vector = ClassCondition(margin=condition == "margin", name="condition")(probabilities)
     return keras.Model(stamps, vector, name="condition_model")
+
+
+def input_stamp_shape(classifier: keras.Model) -> tuple[int, int, int]:
+    """(H, W, C): the stamps ``classifier`` takes, from its input."""
+    return tuple(int(size) for size in classifier.input.shape[1:])
 
 
 def _tap_tensor(classifier: keras.Model):
@@ -143,23 +149,29 @@ def _encoder(x, spec: list[dict]):
     return layers.MaxPooling2D(2, name="enc_pool")(x)  # 21 -> 10
 
 
-def _decoder(x, filters: int, activation: str, name: str, out_bias: float = 0.0):
-    """Dense code -> (B, 21, 21) through 11x11 maps and one transposed convolution;
+def _decoder(x, map_shape: tuple[int, int], filters: int, activation: str, name: str,
+             out_bias: float = 0.0):
+    """Dense code -> (B, H, W) through maps of half the size, rounded up (11x11 for 21x21),
+    one transposed convolution (22x22) and a crop of the extra row and column;
     ``out_bias`` initialises the last layer's bias (where the output starts)."""
-    x = layers.Dense(11 * 11 * filters, activation="relu", name=f"{name}_dense")(x)
-    x = layers.Reshape((11, 11, filters), name=f"{name}_grid")(x)
+    height, width = map_shape
+    half = (-(-height // 2), -(-width // 2))
+    x = layers.Dense(half[0] * half[1] * filters, activation="relu", name=f"{name}_dense")(x)
+    x = layers.Reshape((*half, filters), name=f"{name}_grid")(x)
     x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu",
-                               name=f"{name}_up")(x)  # 22x22
-    x = layers.Cropping2D(((0, 1), (0, 1)), name=f"{name}_crop")(x)
+                               name=f"{name}_up")(x)
+    x = layers.Cropping2D(((0, 2 * half[0] - height), (0, 2 * half[1] - width)),
+                          name=f"{name}_crop")(x)
     x = layers.Conv2D(1, 3, padding="same", activation=activation, name=f"{name}_out",
                       bias_initializer=keras.initializers.Constant(out_bias))(x)
-    return layers.Reshape(MAP_SHAPE, name=f"{name}_map")(x)
+    return layers.Reshape(map_shape, name=f"{name}_map")(x)
 
 
-def _conditioned_trunk(channels, condition_dim: int, spec: list[dict], bottleneck: int):
+def _conditioned_trunk(stamp_shape, channels, condition_dim: int, spec: list[dict],
+                       bottleneck: int):
     """The autoencoders' shared front: inputs (stamps, condition) and the dense code
     (B, bottleneck) of the mirrored encoder's bottleneck with the condition joined in."""
-    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    stamps = keras.Input(stamp_shape, name="stamps")
     condition = keras.Input((condition_dim,), name="condition")
     x = SelectChannels(channels, name="channels")(stamps)
     x = layers.Flatten(name="enc_flatten")(_encoder(x, spec))
@@ -169,19 +181,23 @@ def _conditioned_trunk(channels, condition_dim: int, spec: list[dict], bottlenec
     return stamps, condition, code
 
 
-def build_seed_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
-                  decoder_filters: int = 8, name: str = "seed_ae") -> keras.Model:
-    """[stamps (B,21,21,4), condition (B,D)] -> map (B,21,21) in [-1, 1]."""
-    stamps, condition, code = _conditioned_trunk(channels, condition_dim, spec, bottleneck)
-    maps = _decoder(code, decoder_filters, "tanh", "dec")
+def build_seed_ae(stamp_shape, channels, condition_dim: int, spec: list[dict], *,
+                  bottleneck: int = 64, decoder_filters: int = 8,
+                  name: str = "seed_ae") -> keras.Model:
+    """[stamps (B,H,W,C), condition (B,D)] -> map (B,H,W) in [-1, 1]."""
+    stamps, condition, code = _conditioned_trunk(stamp_shape, channels, condition_dim, spec,
+                                                 bottleneck)
+    maps = _decoder(code, stamp_shape[:2], decoder_filters, "tanh", "dec")
     return keras.Model([stamps, condition], maps, name=name)
 
 
-def build_gated_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
-                   decoder_filters: int = 8, name: str = "gated_ae") -> keras.Model:
-    """[stamps (B,21,21,4), condition (B,D)] -> amplitude (B,1,1) x shape (B,21,21)."""
-    stamps, condition, code = _conditioned_trunk(channels, condition_dim, spec, bottleneck)
-    shape = _decoder(code, decoder_filters, "tanh", "shape")
+def build_gated_ae(stamp_shape, channels, condition_dim: int, spec: list[dict], *,
+                   bottleneck: int = 64, decoder_filters: int = 8,
+                   name: str = "gated_ae") -> keras.Model:
+    """[stamps (B,H,W,C), condition (B,D)] -> amplitude (B,1,1) x shape (B,H,W)."""
+    stamps, condition, code = _conditioned_trunk(stamp_shape, channels, condition_dim, spec,
+                                                 bottleneck)
+    shape = _decoder(code, stamp_shape[:2], decoder_filters, "tanh", "shape")
     gate = layers.Dense(bottleneck // 2, activation="relu", name="amplitude_hidden")(
         layers.Concatenate(name="amplitude_in")([code, condition]))
     amplitude = layers.Dense(1, activation="sigmoid", name="amplitude")(gate)
@@ -190,34 +206,40 @@ def build_gated_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck
     return keras.Model([stamps, condition], maps, name=name)
 
 
-def build_headroom_ae(channels, condition_dim: int, spec: list[dict], *, bottleneck: int = 64,
-                      decoder_filters: int = 8, name: str = "headroom_ae") -> keras.Model:
-    """[stamps (B,21,21,4), condition (B,D >= 3, column 2 the scaled margin)] ->
-    positive (B,21,21) x p - negative (B,21,21) x (1 - p), in [-(1 - p), p]."""
+def build_headroom_ae(stamp_shape, channels, condition_dim: int, spec: list[dict], *,
+                      bottleneck: int = 64, decoder_filters: int = 8,
+                      name: str = "headroom_ae") -> keras.Model:
+    """[stamps (B,H,W,C), condition (B,D >= 3, column 2 the scaled margin)] ->
+    positive (B,H,W) x p - negative (B,H,W) x (1 - p), in [-(1 - p), p]."""
     if condition_dim < 3:
         raise ValueError("headroom_ae needs the softmax margin in its condition "
                          "(estimator.condition margin or features), got a condition of "
                          f"{condition_dim} values")
-    stamps, condition, code = _conditioned_trunk(channels, condition_dim, spec, bottleneck)
+    stamps, condition, code = _conditioned_trunk(stamp_shape, channels, condition_dim, spec,
+                                                 bottleneck)
     # Shares start near 0 (sigmoid(-4) = 0.018), as most maps are: from 0.5 the map would
     # start at p - 0.5 everywhere and take many epochs to come down.
-    positive = _decoder(code, decoder_filters, "sigmoid", "drop", SHARE_BIAS)  # of p, removed
-    negative = _decoder(code, decoder_filters, "sigmoid", "rise", SHARE_BIAS)  # of 1 - p, added
+    map_shape = stamp_shape[:2]
+    positive = _decoder(code, map_shape, decoder_filters, "sigmoid", "drop",
+                        SHARE_BIAS)  # of p, removed
+    negative = _decoder(code, map_shape, decoder_filters, "sigmoid", "rise",
+                        SHARE_BIAS)  # of 1 - p, added
     maps = Headroom(margin_index=2, name="map")([positive, negative, condition])
     return keras.Model([stamps, condition], maps, name=name)
 
 
-def build_tap_ae(channels, condition_dim: int, spec: list[dict] | None = None, *,
-                 tap_shape: tuple[int, int, int], width: int = 32, condition_width: int = 16,
+def build_tap_ae(stamp_shape, channels, condition_dim: int, spec: list[dict] | None = None,
+                 *, tap_shape: tuple[int, int, int], width: int = 32, condition_width: int = 16,
                  detail_filters: int = 16, name: str = "tap_ae") -> keras.Model:
-    """[stamps (B,21,21,4), condition (B, 3 + F + h*w*c): ``taps`` of a classifier whose
+    """[stamps (B,H,W,C), condition (B, 3 + F + h*w*c): ``taps`` of a classifier whose
     tapped activations are ``tap_shape`` (h, w, c)] -> drop x p - rise x (1 - p)
-    (B,21,21), in [-(1 - p), p] as in ``headroom_ae``."""
+    (B,H,W), in [-(1 - p), p] as in ``headroom_ae``."""
     tap_size = tap_shape[0] * tap_shape[1] * tap_shape[2]
     if condition_dim < 3 + tap_size:
         raise ValueError(f"tap_ae needs the taps condition ({3 + tap_size}+ values for taps "
                          f"of shape {tuple(tap_shape)}), got a condition of {condition_dim}")
-    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    map_shape = tuple(stamp_shape[:2])
+    stamps = keras.Input(stamp_shape, name="stamps")
     condition = keras.Input((condition_dim,), name="condition")
     vector, taps = SplitCondition(tap_shape, name="split_condition")(condition)
     height, width_cells = tap_shape[:2]
@@ -227,8 +249,8 @@ def build_tap_ae(channels, condition_dim: int, spec: list[dict] | None = None, *
         [x, TileCondition(height, width_cells, name="tile")(context)])
     for i in (1, 2):
         x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"tap_conv{i}")(x)
-    if (height, width_cells) != MAP_SHAPE:
-        x = layers.Resizing(*MAP_SHAPE, interpolation="bilinear", name="to_stamp_grid")(x)
+    if (height, width_cells) != map_shape:
+        x = layers.Resizing(*map_shape, interpolation="bilinear", name="to_stamp_grid")(x)
     detail = SelectChannels(channels, name="channels")(stamps)
     x = layers.Concatenate(name="with_stamp")([x, detail])
     x = layers.Conv2D(detail_filters, 3, padding="same", activation="relu", name="detail")(x)
@@ -236,14 +258,14 @@ def build_tap_ae(channels, condition_dim: int, spec: list[dict] | None = None, *
     for label in ("drop", "rise"):  # of p removed, of 1 - p added; start near 0 as most maps
         share = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name=f"{label}_out",
                               bias_initializer=keras.initializers.Constant(SHARE_BIAS))(x)
-        shares.append(layers.Reshape(MAP_SHAPE, name=f"{label}_map")(share))
+        shares.append(layers.Reshape(map_shape, name=f"{label}_map")(share))
     maps = Headroom(margin_index=2, name="map")([*shares, condition])
     return keras.Model([stamps, condition], maps, name=name)
 
 
-def build_unet(channels, condition_dim: int, spec: list[dict] | None = None, *,
+def build_unet(stamp_shape, channels, condition_dim: int, spec: list[dict] | None = None, *,
                base_filters: int = 16, name: str = "unet") -> keras.Model:
-    """[stamps (B,21,21,4), condition (B,D)] -> map (B,21,21) in [-1, 1]."""
+    """[stamps (B,H,W,C), condition (B,D)] -> map (B,H,W) in [-1, 1]."""
 
     def block(x, filters, label):
         for i in (1, 2):
@@ -251,22 +273,27 @@ def build_unet(channels, condition_dim: int, spec: list[dict] | None = None, *,
                               name=f"{label}_conv{i}")(x)
         return x
 
-    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    # Two 2x2 poolings need sides divisible by 4: pad (21 -> 24: 1 before, 2 after), crop
+    # the same off the output.
+    height, width = stamp_shape[:2]
+    pads = tuple((extra // 2, extra - extra // 2) for extra in ((-height) % 4, (-width) % 4))
+    stamps = keras.Input(stamp_shape, name="stamps")
     condition = keras.Input((condition_dim,), name="condition")
     x = SelectChannels(channels, name="channels")(stamps)
-    x = layers.ZeroPadding2D(((1, 2), (1, 2)), name="pad")(x)  # 24x24
+    x = layers.ZeroPadding2D(pads, name="pad")(x)
     skip1 = block(x, base_filters, "down1")
     skip2 = block(layers.MaxPooling2D(2, name="pool1")(skip1), 2 * base_filters, "down2")
-    x = layers.MaxPooling2D(2, name="pool2")(skip2)  # 6x6
-    x = layers.Concatenate(name="conditioned")([x, TileCondition(6, 6, name="tile")(condition)])
+    x = layers.MaxPooling2D(2, name="pool2")(skip2)  # 6x6 on 21x21
+    bottom = ((height + sum(pads[0])) // 4, (width + sum(pads[1])) // 4)
+    x = layers.Concatenate(name="conditioned")([x, TileCondition(*bottom, name="tile")(condition)])
     x = block(x, 4 * base_filters, "middle")
     x = layers.Conv2DTranspose(2 * base_filters, 2, strides=2, name="up2")(x)
     x = block(layers.Concatenate(name="skip2")([x, skip2]), 2 * base_filters, "dec2")
     x = layers.Conv2DTranspose(base_filters, 2, strides=2, name="up1")(x)
     x = block(layers.Concatenate(name="skip1")([x, skip1]), base_filters, "dec1")
     x = layers.Conv2D(1, 1, activation="tanh", name="out")(x)
-    x = layers.Cropping2D(((1, 2), (1, 2)), name="crop")(x)
-    maps = layers.Reshape(MAP_SHAPE, name="map")(x)
+    x = layers.Cropping2D(pads, name="crop")(x)
+    maps = layers.Reshape((height, width), name="map")(x)
     return keras.Model([stamps, condition], maps, name=name)
 
 
@@ -285,7 +312,8 @@ def build_estimator(arch: str, classifier: keras.Model, channels, condition_dim:
     spec = mirror_spec(classifier)
     if arch == "tap_ae":
         hparams = {**hparams, "tap_shape": tap_shape(classifier)}
-    model = ESTIMATORS[arch](tuple(channels), condition_dim, spec, **hparams)
+    model = ESTIMATORS[arch](input_stamp_shape(classifier), tuple(channels), condition_dim, spec,
+                             **hparams)
     if arch in MIRRORING and copy_weights:
         copy_encoder_weights(model, classifier, spec, freeze=freeze_encoder)
     return model
@@ -309,16 +337,16 @@ def copy_encoder_weights(estimator: keras.Model, classifier: keras.Model, spec: 
 
 
 def explainer(classifier: keras.Model, estimator: keras.Model, condition: str) -> keras.Model:
-    """stamps (B, 21, 21, 4) -> estimated maps (B, 21, 21): the classifier pass that
+    """stamps (B, H, W, C) -> estimated maps (B, H, W): the classifier pass that
     conditions the estimator and the estimator, in one self-contained model."""
-    stamps = keras.Input(STAMP_SHAPE, name="stamps")
+    stamps = keras.Input(input_stamp_shape(classifier), name="stamps")
     vector = condition_model(classifier, condition)(stamps)
     return keras.Model(stamps, estimator([stamps, vector]), name=f"{estimator.name}_explainer")
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class RelativeMapLoss(keras.losses.Loss):
-    """Loss on raw maps (B, 21, 21): MSE plus ``shape_weight`` x the MSE of the error
+    """Loss on raw maps (B, H, W): MSE plus ``shape_weight`` x the MSE of the error
     divided by the exact map's squared amplitude (max |d|, at least ``floor``).
 
     Plain MSE is ruled by the few large real-class maps; the relative term gives a map of

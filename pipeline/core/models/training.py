@@ -1,4 +1,4 @@
-"""The training loop both stages and the searches share: fit with early stopping on the
+"""The training the stages and the searches share: one fit loop with early stopping on the
 validation loss, best weights restored, timed."""
 
 from __future__ import annotations
@@ -72,3 +72,88 @@ def fit_early_stopping(model: keras.Model, train: tuple, val: tuple, *, batch_si
         history = model.fit(*train, validation_data=val, batch_size=batch_size, shuffle=True,
                             **fit_args).history
     return history, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------
+# The fit workflows of the stages and the searches: params section + splits -> model
+# ----------------------------------------------------------------------------------------
+
+def fit_classifier(cfg, splits: dict, geometry, callbacks=(), verbose: int = 0):
+    """Build the ``cfg`` (``ClassifierParams``) net for stamps of ``geometry`` and train it
+    on ``splits["train"]`` (images (N, H, W, C) in [0, 1], labels (N,) class indices),
+    early-stopping on ``splits["val"]``'s loss with the best weights restored.
+    Returns (model, history dict, training seconds)."""
+    from pipeline.core.models.classifiers import build_classifier, compile_classifier
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = compile_classifier(build_classifier(cfg.arch, cfg.channels, geometry, **cfg.hparams),
+                               cfg.optimizer, cfg.learning_rate)
+    history, seconds = fit_early_stopping(
+        model, (splits["train"]["images"], splits["train"]["labels"]),
+        (splits["val"]["images"], splits["val"]["labels"]), batch_size=cfg.batch_size,
+        epochs=cfg.epochs, patience=cfg.patience, callbacks=callbacks, verbose=verbose)
+    return model, history, seconds
+
+
+def condition_arrays(classifier, condition: str, images: np.ndarray,
+                     block: int = 1024) -> np.ndarray:
+    """(N, D) float32: what an estimator is conditioned on (``estimators.condition_model``)
+    for ``images`` (N, H, W, C), computed block by block: ``predict`` would hold every
+    block and their concatenation, twice the memory of the result (~100 KB per stamp for
+    a deep net's taps)."""
+    from pipeline.core.models import estimators
+
+    conditioner = estimators.condition_model(classifier, condition)
+    out = np.empty((len(images), conditioner.output.shape[-1]), np.float32)
+    for start in range(0, len(images), block):
+        out[start:start + block] = conditioner.predict_on_batch(images[start:start + block])
+    return out
+
+
+def with_quarter_turns(split: dict, classifier, occlusion) -> tuple[dict, str]:
+    """``split`` (images (N, H, W, C), maps (N, H, W) and per-stamp arrays) with each
+    map's three quarter turns appended when those are exact maps as well, and why or why
+    not (for the record).
+
+    They are when the patch grid of ``occlusion`` (an ``OcclusionParams``) maps onto itself
+    under a quarter turn and the classifier's output does not change when a stamp is
+    turned (checked on up to 256 of the stamps).
+    """
+    from pipeline.core.models.classifiers import quarter_turn_invariant
+    from pipeline.core.occlusion import quarter_turn_symmetric, quarter_turns
+
+    height, width = split["images"].shape[1:3]
+    if not quarter_turn_symmetric(height, width, patch=occlusion.patch,
+                                  stride=occlusion.stride, padding=occlusion.padding):
+        return split, "not used: the patch grid is not symmetric under a quarter turn"
+    if not quarter_turn_invariant(classifier, split["images"][:256]):
+        return split, "not used: the classifier's output changes when a stamp is turned"
+    images, maps = quarter_turns(split["images"], split["maps"])
+    turned = {key: np.tile(value, (4,) + (1,) * (value.ndim - 1))
+              for key, value in split.items() if key not in ("images", "maps")}
+    return turned | {"images": images, "maps": maps}, "used: 4 x the exact training maps"
+
+
+def fit_estimator(cfg, classifier, splits: dict, callbacks=(), verbose: int = 0):
+    """Build the ``cfg`` (``EstimatorParams``) estimator for ``classifier`` and train it on
+    ``splits["train"]`` (images (N, H, W, C), condition (N, D), maps (N, H, W) in [-1, 1]),
+    early-stopping on ``splits["val"]``'s loss with the best weights restored. Returns
+    (model, history dict, training seconds)."""
+    from pipeline.core.models import estimators
+    from pipeline.core.models.classifiers import make_optimizer, seen_channels_predict_fn
+
+    keras.utils.set_random_seed(cfg.seed)
+    seen = seen_channels_predict_fn(classifier)[1]
+    channels = tuple(seen) if seen is not None else tuple(range(classifier.input.shape[-1]))
+    model = estimators.build_estimator(
+        cfg.arch, classifier, channels, splits["train"]["condition"].shape[1],
+        copy_weights=cfg.copy_weights, freeze_encoder=cfg.freeze_encoder, **cfg.hparams)
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
+                  loss=estimators.relative_map_loss(cfg.shape_weight), metrics=["mse"])
+    history, seconds = fit_early_stopping(
+        model, ([splits["train"]["images"], splits["train"]["condition"]],
+                splits["train"]["maps"]),
+        ([splits["val"]["images"], splits["val"]["condition"]], splits["val"]["maps"]),
+        batch_size=cfg.batch_size, epochs=cfg.epochs, patience=cfg.patience,
+        callbacks=callbacks, verbose=verbose, seed=cfg.seed)
+    return model, history, seconds

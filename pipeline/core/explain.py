@@ -1,0 +1,70 @@
+"""Maps for a Keras model: the exact engine of a classifier, the compiled one-pass
+explainer, and the check every stamp batch passes before either sees it.
+
+Every shape comes from the model's own input (H, W, C), never from a constant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.core.geometry import StampGeometry
+
+
+def model_geometry(model) -> StampGeometry:
+    """The stamp geometry a Keras model takes (its input (None, H, W, C))."""
+    return StampGeometry.from_input_shape(model.input.shape)
+
+
+def check_stamps(stamps, shape: tuple[int, int, int], source: str = "input") -> np.ndarray:
+    """``stamps`` as a float32 (N, H, W, C) array of ``shape`` (H, W, C); ``ValueError``
+    naming ``source`` and the problem when it has another shape, is not numeric, or holds
+    NaN/inf."""
+    try:
+        array = np.asarray(stamps)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{source}: stamps are not a regular numeric array ({err})") from None
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{source}: stamps must be numeric, got dtype {array.dtype}")
+    if array.ndim != 4 or array.shape[1:] != tuple(shape):
+        raise ValueError(f"{source}: stamps must have shape (N, {', '.join(map(str, shape))}), "
+                         f"got {array.shape}")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array).reshape(len(array), -1).all(axis=1))[0])
+        raise ValueError(f"{source}: stamps hold NaN or infinite values (first in stamp {bad})")
+    return array
+
+
+def engine_for(classifier, occlusion):
+    """The exact engine for a Keras classifier under ``occlusion`` (an ``OcclusionParams``:
+    patch, stride, fill, padding, reduce), on the classifier's stamp size; only the
+    channels the classifier sees are copied."""
+    from pipeline.core.models.classifiers import seen_channels_predict_fn
+    from pipeline.core.occlusion import OcclusionEngine
+
+    predict, channels = seen_channels_predict_fn(classifier)
+    height, width = model_geometry(classifier).map_shape
+    return OcclusionEngine(predict, height, width, patch=occlusion.patch,
+                           stride=occlusion.stride, fill=occlusion.fill,
+                           padding=occlusion.padding, reduce=occlusion.reduce,
+                           channels=channels)
+
+
+def compile_explainer(model):
+    """The Keras explainer as a function traced once for any batch size: stamps
+    (B, H, W, C) float32 -> maps (B, H, W) float32. One stamp takes ~2 ms this way,
+    where ``model.predict`` pays ~95 ms of per-call overhead (this CPU)."""
+    import tensorflow as tf
+
+    shape = model_geometry(model).shape
+    return tf.function(lambda stamps: model(stamps, training=False),
+                       input_signature=[tf.TensorSpec([None, *shape], tf.float32)])
+
+
+def predict_maps(explain, stamps: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """(N, H, W) float32 maps of ``stamps`` (N, H, W, C) float32 under ``explain``
+    (``compile_explainer``'s function), ``batch_size`` stamps per call."""
+    parts = [np.asarray(explain(stamps[start:start + batch_size]), np.float32)
+             for start in range(0, len(stamps), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, *stamps.shape[1:3]), np.float32)

@@ -1,0 +1,253 @@
+"""DVC stage ``evaluate``: how good and how fast are the estimated maps? (test split)
+
+Reads the test split, the exact maps (test, and train for the class-mean baseline), the
+classifier and the estimator; writes ``<metrics_dir>/evaluate.json`` and
+``<plots_dir>/evaluate/`` (deletion.csv, fidelity_by_amplitude.csv, deletion.png,
+gallery.png, confusion.png); logs the MLflow run ``evaluate`` tagged with the model
+versions it judged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core import faithfulness, fidelity, plots
+from pipeline.core.classification import classification_figures
+from pipeline.core.data import synthetic
+from pipeline.core.explain import compile_explainer, engine_for, predict_maps
+from pipeline.core.params import DataParams, EvaluateParams, OcclusionParams, PathsParams
+from pipeline.glue import tracking
+from pipeline.glue.artifacts import (
+    load_maps,
+    load_model,
+    load_prepared,
+    load_split,
+    stamp_geometry,
+)
+from pipeline.glue.files import atomic_paths, load_params, run_stage, write_csv, write_json
+
+SNR_EDGES = (-50.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0, 50.0)
+METHODS = ("exact", "estimate", "class_mean", "random")
+
+
+def main() -> None:
+    params = load_params()
+    paths = PathsParams.from_dict(params.get("paths", {}))
+    data = DataParams.from_dict(params.get("data", {}))
+    cfg = EvaluateParams.from_dict(params.get("evaluate", {}))
+    occlusion = OcclusionParams.from_dict(params.get("occlusion", {}))
+    test = load_prepared(paths.prepared_dir, ("test",),
+                         optional=("kind", "snr", "evidence"))["test"]
+    geometry = stamp_geometry(paths.prepared_dir, "test")
+    exact = load_maps(paths.occlusion_dir, "test", len(test["labels"]), ("maps", "target"))
+    # the training maps give the class-mean baseline; their count checks they are current
+    train_labels = load_split(Path(paths.prepared_dir) / "train.npz", ("labels",))["labels"]
+    train_exact = load_maps(paths.occlusion_dir, "train", len(train_labels), ("maps", "target"))
+    models = Path(paths.models_dir)
+    classifier = load_model(models / "classifier.keras")
+    explainer = load_model(models / "estimator.keras", made_by="train_estimator")
+    versions = {name: _registered(Path(paths.metrics_dir) / f"{name}.json")
+                for name in ("train_classifier", "train_estimator")}
+
+    images, labels = test["images"], test["labels"]
+    probabilities = classifier.predict(images, batch_size=4096, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    estimate = predict_maps(compile_explainer(explainer), images.astype(np.float32, copy=False))
+    class_means = fidelity.class_mean_maps(train_exact["maps"], train_exact["target"])
+
+    figures: dict = {"classifier": classification_figures(labels, probabilities)}
+    figures["classifier"]["accuracy_ceiling"] = (
+        synthetic.accuracy_ceiling(data.synthetic_preset, **data.synthetic_overrides)
+        if data.source == "synthetic" else None)
+    figures["classifier"].update(_accuracy_by_group(labels, predicted, test))
+    figures["fidelity"] = fidelity.fidelity_report(estimate, exact["maps"], labels,
+                                                   exact["target"], class_means)
+    curves = _deletion(classifier, test, exact, estimate, class_means, cfg, occlusion.fill)
+    figures["faithfulness"] = curves.pop("summary")
+    if "evidence" in test:
+        figures["localisation"] = _localisation(exact["maps"], estimate, test)
+    figures["sanity"] = _sanity(classifier, images[:cfg.sanity_n], exact["maps"][:cfg.sanity_n],
+                                occlusion, cfg.seed)
+    figures["speed"] = _speed(classifier, explainer, images[:cfg.speed_n], occlusion)
+    figures["judged"] = versions
+
+    out = Path(paths.plots_dir) / "evaluate"
+    names = ["deletion.csv", "fidelity_by_amplitude.csv", "deletion.png", "gallery.png",
+             "confusion.png"]
+    with atomic_paths(*(out / name for name in names)) as (deletion_csv, amplitude_csv,
+                                                           deletion_png, gallery_png,
+                                                           confusion_png):
+        fractions = np.linspace(0, 1, cfg.deletion_steps + 1)
+        write_csv(deletion_csv, ["fraction_removed", *METHODS],
+                  ([f"{f:.4f}", *(f"{curves[m][i]:.6f}" for m in METHODS)]
+                   for i, f in enumerate(fractions)))
+        write_csv(amplitude_csv, ["amplitude", "n", "estimate_r_median",
+                                  "class_mean_r_median", "estimate_ssim_mean", "mse_skill"],
+                  ([name, group["n"], _fmt(group["estimate"]["r_median"]),
+                    _fmt(group["class_mean"]["r_median"]), _fmt(group["estimate"]["ssim_mean"]),
+                    _fmt(group["mse_skill"])]
+                   for name, group in figures["fidelity"]["by_amplitude"].items()))
+        plots.deletion_curves_figure(fractions, curves).savefig(deletion_png, format="png")
+        plots.confusion_matrix_figure(figures["classifier"]["confusion"],
+                                      "classifier: test split").savefig(confusion_png,
+                                                                        format="png")
+        plots.worst_and_random_gallery(
+            images, labels, exact["maps"], estimate,
+            "test stamps: exact vs estimated maps, worst and random, per class",
+            channels=geometry.channels).savefig(gallery_png, format="png")
+
+    with tracking.start_run("evaluate", params={"evaluate": params.get("evaluate", {})},
+                            tags={f"{name}_version": str(v.get("version"))
+                                  for name, v in versions.items()}):
+        import mlflow
+
+        mlflow.log_metrics(_numbers(figures))
+        for name in names:
+            mlflow.log_artifact(str(out / name))
+    write_json(Path(paths.metrics_dir) / "evaluate.json", figures)
+    head = figures["fidelity"]["headline"]
+    print(f"evaluate: accuracy {figures['classifier']['accuracy']:.4f}; median r real "
+          f"{_fmt(head['real_median_r'])} / bogus {_fmt(head['bogus_median_r'])}; deletion "
+          f"AUC estimate/exact {_fmt(figures['faithfulness']['auc_ratio_estimate_to_exact'])}; "
+          f"speedup {figures['speed']['speedup']:.0f}x")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _registered(metrics_file: Path) -> dict:
+    """The registered model version a training stage recorded in its metrics file."""
+    try:
+        return json.loads(metrics_file.read_text()).get("registered", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _accuracy_by_group(labels, predicted, test: dict) -> dict:
+    """Accuracy and counts by signed-SNR bin and by generator kind (synthetic data)."""
+    out: dict = {}
+    correct = labels == predicted
+    if "snr" in test:
+        bins = np.digitize(test["snr"], SNR_EDGES)
+        edges = ("-inf", *map(str, SNR_EDGES), "inf")
+        out["by_snr_bin"] = {f"[{edges[b]}, {edges[b + 1]})": {
+            "n": int((bins == b).sum()), "accuracy": float(correct[bins == b].mean())}
+            for b in range(len(SNR_EDGES) + 1) if (bins == b).any()}
+    if "kind" in test:
+        out["by_kind"] = {str(kind): {"n": int((test["kind"] == kind).sum()),
+                                      "accuracy": float(correct[test["kind"] == kind].mean())}
+                          for kind in np.unique(test["kind"])}
+    return out
+
+
+def _deletion(classifier, test, exact, estimate, class_means, cfg, fill) -> dict:
+    """Mean deletion curve per method on the first ``faithfulness_n`` test stamps, and
+    the summary: mean AUC per method (lower is more faithful) and estimate/exact ratio."""
+    n = cfg.faithfulness_n or len(test["labels"])
+    stamps, target = test["images"][:n], exact["target"][:n]
+    maps = {"exact": exact["maps"][:n], "estimate": estimate[:n],
+            "class_mean": class_means[target],
+            "random": faithfulness.random_maps(len(target), *stamps.shape[1:3],
+                                               seed=cfg.seed)}
+
+    def predict(batch):
+        return classifier.predict(batch, batch_size=8192, verbose=0)
+
+    curves, summary = {}, {"n": int(len(target)), "steps": cfg.deletion_steps}
+    for method in METHODS:
+        per_stamp = faithfulness.deletion_curves(predict, stamps, maps[method], target,
+                                                 steps=cfg.deletion_steps, fill=fill,
+                                                 batch_size=65536)
+        curves[method] = per_stamp.mean(axis=0)
+        auc = faithfulness.curve_auc(per_stamp)
+        summary[f"auc_{method}"] = float(auc.mean())
+        summary[f"auc_{method}_by_true_class"] = {
+            name: float(auc[test["labels"][:n] == c].mean())
+            for c, name in enumerate(fidelity.CLASS_NAMES) if (test["labels"][:n] == c).any()}
+    summary["auc_ratio_estimate_to_exact"] = summary["auc_estimate"] / summary["auc_exact"]
+    curves["summary"] = summary
+    return curves
+
+
+def _localisation(exact_maps, estimate, test) -> dict:
+    """Pointing game and positive mass inside the generator's evidence mask, for the exact
+    and the estimated maps, per true class and per kind (stamps with a mask only)."""
+    groups = {"all": np.ones(len(exact_maps), bool)}
+    groups |= {name: test["labels"] == c for c, name in enumerate(fidelity.CLASS_NAMES)}
+    groups |= {f"kind:{kind}": test["kind"] == kind for kind in np.unique(test["kind"])}
+    scores = {}
+    for method, maps in (("exact", exact_maps), ("estimate", estimate)):
+        scores[method] = {"pointing": faithfulness.pointing_game(maps, test["evidence"]),
+                          "mass": faithfulness.positive_mass_in_mask(maps, test["evidence"])}
+    out = {}
+    for group, mask in groups.items():
+        row = {"n_with_mask": int((mask & test["evidence"].any(axis=(1, 2))).sum())}
+        for method in scores:
+            for figure, values in scores[method].items():
+                picked = values[mask]
+                picked = picked[~np.isnan(picked)]
+                row[f"{method}_{figure}"] = float(picked.mean()) if len(picked) else None
+        out[group] = row
+    return out
+
+
+def _sanity(classifier, stamps, trained_maps, occlusion: OcclusionParams, seed: int) -> dict:
+    """Maps of the same net with re-randomised weights: a map that explains the classifier
+    must change when its weights do (low rank correlation with the trained maps)."""
+    import keras
+
+    if not len(stamps):
+        return {"n": 0}
+    keras.utils.set_random_seed(seed)
+    randomised = keras.models.clone_model(classifier)  # fresh initial weights
+    maps, _, _ = engine_for(randomised, occlusion).maps(stamps, chunk_size=occlusion.chunk_size)
+    rho = faithfulness.rank_correlation(maps, trained_maps)
+    rho = rho[~np.isnan(rho)]
+    return {"n": int(len(stamps)), "n_defined": int(len(rho)),
+            "rank_correlation_mean": float(rho.mean()) if len(rho) else None,
+            "rank_correlation_median": float(np.median(rho)) if len(rho) else None}
+
+
+def _speed(classifier, explainer, stamps, occlusion: OcclusionParams) -> dict:
+    """Exact and estimated maps/s on the same stamps, in this process, after warm-up."""
+    import tensorflow as tf
+
+    engine = engine_for(classifier, occlusion)
+    explain = tf.function(lambda x: explainer(x, training=False), reduce_retracing=True)
+    batch = tf.constant(stamps)
+    engine.maps(stamps[: 2 * occlusion.chunk_size], chunk_size=occlusion.chunk_size)
+    explain(batch).numpy()
+    start = time.perf_counter()
+    engine.maps(stamps, chunk_size=occlusion.chunk_size)
+    exact_rate = len(stamps) / (time.perf_counter() - start)
+    repeats, start = 0, time.perf_counter()
+    while repeats < 3 or time.perf_counter() - start < 1.0:
+        explain(batch).numpy()
+        repeats += 1
+    estimate_rate = repeats * len(stamps) / (time.perf_counter() - start)
+    return {"n": int(len(stamps)), "exact_maps_per_s": exact_rate,
+            "estimator_maps_per_s": estimate_rate, "speedup": estimate_rate / exact_rate}
+
+
+def _numbers(figures: dict, prefix: str = "") -> dict[str, float]:
+    """Every finite number in a nested dict as {"a.b.c": value}, for MLflow metrics
+    (names keep only characters MLflow accepts)."""
+    out: dict[str, float] = {}
+    for key, value in figures.items():
+        name = f"{prefix}{key}".replace(">=", "ge").replace("<", "lt").replace(":", "_")
+        name = "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in name)
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and np.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+if __name__ == "__main__":
+    run_stage(main)

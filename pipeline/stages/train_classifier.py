@@ -1,0 +1,109 @@
+"""DVC stage ``train_classifier``: train the CNN the maps explain, log it to MLflow.
+
+Reads ``<prepared_dir>/{train,val,test}.npz``; writes ``<models_dir>/classifier.keras``,
+``<metrics_dir>/train_classifier.json`` and ``<plots_dir>/train_classifier/*``; logs the
+run ``train_classifier`` and registers a new version of ``hits-classifier``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core import plots
+from pipeline.core.classification import classification_figures
+from pipeline.core.data import synthetic
+from pipeline.core.params import ClassifierParams, DataParams, PathsParams
+from pipeline.glue import tracking
+from pipeline.glue.artifacts import load_prepared, stamp_geometry
+from pipeline.glue.files import atomic_paths, load_params, run_stage, write_csv, write_json
+from pipeline.glue.registry import register_keras_model
+
+REGISTERED_NAME = "hits-classifier"
+
+
+def main() -> None:
+    params = load_params()
+    paths = PathsParams.from_dict(params.get("paths", {}))
+    data = DataParams.from_dict(params.get("data", {}))
+    cfg = ClassifierParams.from_dict(params.get("classifier", {}))
+    splits = load_prepared(paths.prepared_dir)
+    geometry = stamp_geometry(paths.prepared_dir)
+
+    # TensorFlow starts only in fit_classifier: a bad input fails fast, without its start-up
+    out_plots = Path(paths.plots_dir) / "train_classifier"
+    with tracking.start_run("train_classifier",
+                            params={"classifier": params["classifier"], "data": params["data"]},
+                            tags={"arch": cfg.arch}) as run:
+        from pipeline.core.models.training import fit_classifier
+
+        model, history, seconds = fit_classifier(
+            cfg, splits, geometry, callbacks=[tracking.epoch_logger()],
+            verbose=1 if sys.stdout.isatty() else 2)
+
+        figures = {}
+        for name in ("val", "test"):
+            probabilities = model.predict(splits[name]["images"], batch_size=4096, verbose=0)
+            figures[name] = classification_figures(splits[name]["labels"], probabilities)
+        test_predicted = probabilities.argmax(axis=1)
+        figures["training"] = {
+            "arch": cfg.arch, "channels": list(cfg.channels), "parameters": model.count_params(),
+            "stamp_shape": list(geometry.shape), "stamp_channels": list(geometry.channels),
+            "epochs_run": len(history["loss"]),
+            "best_epoch": int(np.argmin(history["val_loss"])) + 1, "seconds": seconds,
+        }
+        figures["accuracy_ceiling"] = (
+            synthetic.accuracy_ceiling(data.synthetic_preset, **data.synthetic_overrides)
+            if data.source == "synthetic" else None)
+
+        import mlflow
+
+        # "best_val_": the restored best epoch, apart from Keras's per-epoch "val_" curves.
+        for split, prefix in (("val", "best_val_"), ("test", "test_")):
+            mlflow.log_metrics({f"{prefix}{key}": value for key, value in
+                                figures[split].items() if isinstance(value, float)})
+        mlflow.log_metrics({"train_seconds": seconds, "parameters": model.count_params()})
+        _write_plots(out_plots, history, splits["test"]["labels"], test_predicted,
+                     figures["test"]["confusion"], cfg.arch, geometry.classes)
+        summary: list[str] = []
+        model.summary(print_fn=lambda line, **_: summary.append(line))
+        mlflow.log_text("\n".join(summary), "model_summary.txt")
+        for png in ("confusion.png", "curves.png"):
+            mlflow.log_artifact(str(out_plots / png))
+        version = register_keras_model(
+            model, "classifier", REGISTERED_NAME, splits["val"]["images"][:4],
+            tags={"arch": cfg.arch, "test_accuracy": figures["test"]["accuracy"],
+                  "run_id": run.info.run_id})
+        figures["registered"] = {"name": REGISTERED_NAME, "version": int(version.version),
+                                 "run_id": run.info.run_id}
+
+    target = Path(paths.models_dir) / "classifier.keras"
+    with atomic_paths(target) as (temp,):
+        model.save(temp)
+    write_json(Path(paths.metrics_dir) / "train_classifier.json", figures)
+    print(f"train_classifier: {cfg.arch} test accuracy {figures['test']['accuracy']:.4f} "
+          f"(ceiling {figures['accuracy_ceiling']}), {seconds:.0f} s, "
+          f"registered {REGISTERED_NAME} v{version.version}")
+
+
+def _write_plots(out: Path, history: dict, labels, predicted, confusion: dict,
+                 arch: str, classes: tuple[str, ...]) -> None:
+    """DVC plot data (history.csv, confusion.csv) and the PNGs, each written atomically."""
+    names = ["history.csv", "confusion.csv", "confusion.png", "curves.png"]
+    with atomic_paths(*(out / n for n in names)) as (history_csv, confusion_csv, cm_png,
+                                                      curves_png):
+        keys = list(history)
+        write_csv(history_csv, ["epoch", *keys],
+                  ([epoch + 1, *(f"{history[k][epoch]:.6g}" for k in keys)]
+                   for epoch in range(len(history["loss"]))))
+        names_of = np.array(classes)
+        write_csv(confusion_csv, ["actual", "predicted"],
+                  zip(names_of[labels], names_of[predicted], strict=True))
+        plots.confusion_matrix_figure(confusion, f"{arch}: test split").savefig(cm_png)
+        plots.training_curves_figure(history, f"{arch} classifier").savefig(curves_png)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,274 @@
+"""The stages after `prepare`, end to end on tiny data, with MLflow in a temp store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_stage
+
+
+@pytest.mark.slow
+def test_one_epoch_writes_model_metrics_plots_run_and_version(tiny_chain):
+    tmp_path, venv_env = tiny_chain
+
+    metrics = json.loads((tmp_path / "metrics" / "train_classifier.json").read_text())
+    for split in ("val", "test"):
+        for key in ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "confusion"):
+            assert key in metrics[split], (split, key)
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert sum(metrics["test"]["confusion"].values()) == metrics["test"]["n"] == 30
+    assert metrics["training"]["parameters"] == 8112 and metrics["training"]["epochs_run"] == 1
+    plots = tmp_path / "plots" / "train_classifier"
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "confusion.csv", "confusion.png", "curves.png", "history.csv"]
+    assert (plots / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+
+    import keras
+    import mlflow
+
+    import pipeline.core.models  # noqa: F401  (registers the custom layers)
+
+    model = keras.saving.load_model(tmp_path / "models" / "classifier.keras")
+    with np.load(tmp_path / "data" / "prepared" / "test.npz") as npz:
+        stamps = npz["images"][:8]
+    expected = model.predict(stamps, verbose=0)
+
+    client = mlflow.MlflowClient(venv_env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("hits-occlusion").experiment_id],
+        filter_string="attributes.run_name = 'train_classifier'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert "git_commit" in run.data.tags and run.data.params["classifier.arch"] == "seed"
+    assert {"test_accuracy", "test_roc_auc", "best_val_accuracy"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion.png", "curves.png", "model_summary.txt"} <= artifacts
+    version = client.get_model_version("hits-classifier", "1")
+    assert version.run_id == run.info.run_id
+
+    mlflow.set_tracking_uri(venv_env["MLFLOW_TRACKING_URI"])
+    served = mlflow.tensorflow.load_model("models:/hits-classifier/1")
+    np.testing.assert_allclose(served.predict(stamps, verbose=0), expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_occlusion_maps_stage_writes_exact_maps_of_every_split(tiny_maps):
+    tmp_path, env = tiny_maps
+    import keras
+
+    import pipeline.core.models  # noqa: F401
+    from pipeline.core.occlusion import keras_predict_fn, occlusion_maps
+
+    model = keras.saving.load_model(tmp_path / "models" / "classifier.keras")
+    sizes = {}
+    for name in ("train", "val", "test"):
+        with np.load(tmp_path / "data" / "occlusion" / f"{name}.npz") as npz, \
+                np.load(tmp_path / "data" / "prepared" / f"{name}.npz") as prepared:
+            maps, target, base_prob = npz["maps"], npz["target"], npz["base_prob"]
+            stamps = prepared["images"]
+        sizes[name] = len(maps)
+        assert maps.shape == (len(stamps), 21, 21) and maps.dtype == np.float32
+        assert np.abs(maps).max() <= 1.0 and ((base_prob >= 0) & (base_prob <= 1)).all()
+        probabilities = model.predict(stamps, verbose=0)
+        np.testing.assert_array_equal(target, probabilities.argmax(axis=1))
+    # the stage's maps are the engine's maps for the same classifier and settings
+    again, _, _ = occlusion_maps(keras_predict_fn(model), stamps[:5])
+    np.testing.assert_allclose(maps[:5], again, atol=1e-6)
+    metrics = json.loads((tmp_path / "metrics" / "occlusion_maps.json").read_text())
+    assert metrics["settings"]["positions"] == 441 and metrics["settings"]["patch"] == 3
+    assert {name: metrics[name]["n"] for name in sizes} == sizes
+    assert metrics["maps_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
+    tmp_path, env = tiny_estimator
+    metrics = json.loads((tmp_path / "metrics" / "train_estimator.json").read_text())
+    assert metrics["training"]["epochs_run"] == 1 and metrics["training"]["train_maps"] == 67
+    # the seed net is not invariant to quarter turns, so no turned copies were added
+    assert metrics["training"]["quarter_turns"].startswith("not used: the classifier's output")
+    assert metrics["training"]["train_maps_with_turns"] == 67
+    report = metrics["test"]
+    assert report["overall"]["n"] == 30
+    assert {"estimate", "class_mean", "zero", "mse_skill"} <= set(report["overall"])
+    assert set(report["by_amplitude"]) == {"<0.01", "0.01-0.05", "0.05-0.2", ">=0.2"}
+    assert {"real_median_r", "bogus_mean_ssim", "mse_skill_overall"} <= set(report["headline"])
+    assert metrics["registered"] == {"name": "occlusion-estimator", "version": 1,
+                                     "run_id": metrics["registered"]["run_id"]}
+    assert (tmp_path / "plots" / "train_estimator" / "gallery.png").stat().st_size > 10_000
+
+    import keras
+    import mlflow
+
+    import pipeline.core.models  # noqa: F401
+
+    explainer = keras.saving.load_model(tmp_path / "models" / "estimator.keras", compile=False)
+    with np.load(tmp_path / "data" / "prepared" / "test.npz") as npz:
+        stamps = npz["images"][:8]
+    expected = explainer.predict(stamps, verbose=0)
+    assert expected.shape == (8, 21, 21)
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(metrics["registered"]["run_id"])
+    assert run.info.run_name == "train_estimator" and run.data.params["estimator.epochs"] == "1"
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
+    assert "gallery.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "test_mse_skill_overall" in run.data.metrics
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    served = mlflow.pyfunc.load_model("models:/occlusion-estimator/1")
+    np.testing.assert_allclose(served.predict(stamps), expected, atol=1e-6)
+    bad = stamps.copy()
+    bad[2, 3, 3, 1] = np.nan
+    with pytest.raises(Exception, match="NaN"):
+        served.predict(bad)
+
+
+@pytest.mark.slow
+def test_evaluate_stage_end_to_end(tiny_champion):
+    # tiny_champion: evaluate, then promote (whose decision the report shows too)
+    tmp_path, env = tiny_champion
+    figures = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    classifier = json.loads((tmp_path / "metrics" / "train_classifier.json").read_text())
+    # the same classifier on the same test split: the same accuracy as its own stage
+    assert figures["classifier"]["accuracy"] == pytest.approx(classifier["test"]["accuracy"])
+    assert sum(v["n"] for v in figures["classifier"]["by_kind"].values()) == 30
+    assert sum(v["n"] for v in figures["classifier"]["by_snr_bin"].values()) == 30
+    assert figures["fidelity"]["overall"]["n"] == 30
+    faith = figures["faithfulness"]
+    assert faith["n"] == 30 and faith["auc_ratio_estimate_to_exact"] == pytest.approx(
+        faith["auc_estimate"] / faith["auc_exact"])
+    assert {"all", "real", "bogus", "kind:real"} <= set(figures["localisation"])
+    assert figures["sanity"]["n"] == 30
+    assert figures["speed"]["speedup"] == pytest.approx(
+        figures["speed"]["estimator_maps_per_s"] / figures["speed"]["exact_maps_per_s"])
+    assert figures["judged"]["train_estimator"]["version"] == 1
+    out = tmp_path / "plots" / "evaluate"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "confusion.png", "deletion.csv", "deletion.png", "fidelity_by_amplitude.csv",
+        "gallery.png"]
+    rows = (out / "deletion.csv").read_text().splitlines()
+    assert rows[0] == "fraction_removed,exact,estimate,class_mean,random" and len(rows) == 23
+
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("hits-occlusion").experiment_id],
+        filter_string="attributes.run_name = 'evaluate'")
+    assert len(runs) == 1
+    assert runs[0].data.tags["train_estimator_version"] == "1"
+    assert "speed.speedup" in runs[0].data.metrics
+
+    # the results page and the README's headline are regenerated from these metrics, not
+    # typed (make report)
+    (tmp_path / "README.md").write_text("intro\n<!-- headline:start -->\nold\n"
+                                        "<!-- headline:end -->\nafter\n")
+    report = subprocess.run([sys.executable, "-m", "pipeline.report"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stdout + report.stderr
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.startswith("intro\n<!-- headline:start -->\n") and readme.endswith("after\n")
+    assert "old" not in readme
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "| non-trivial, true bogus |" in text
+    for page in (readme, text):
+        assert f"{figures['classifier']['accuracy'] * 100:.2f} %" in page
+    assert (tmp_path / "docs" / "gallery.png").read_bytes() == (out / "gallery.png").read_bytes()
+    promote = json.loads((tmp_path / "metrics" / "promote.json").read_text())
+    assert (f"Promotion: **{promote['decision']}**{' (forced)' if promote['forced'] else ''}, "
+            "hits-classifier v1 + occlusion-estimator v1: ") in text
+
+
+@pytest.fixture(scope="module")
+def chain_31x31x3(tmp_path_factory, repo_root):
+    """A project where the whole default chain ran on 31x31 twin stamps of three channels
+    (template, science, difference: no SNR channel, as ALeRCE's ZTF crops), the seed net
+    on the difference channel; returns (directory, environment)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    tmp_path = tmp_path_factory.mktemp("chain31")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["data"]["synthetic"].update(n=120, stamp_size=31,
+                                       channels=["template", "science", "difference"])
+    params["classifier"].update(epochs=1, batch_size=16, channels=[2])
+    params["occlusion"].update(chunk_size=7)
+    params["estimator"].update(epochs=1, batch_size=16)
+    params["evaluate"].update(faithfulness_n=20, sanity_n=4, speed_n=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    for stage in ("prepare", "train_classifier", "occlusion_maps", "train_estimator",
+                  "evaluate", "promote"):
+        run_stage(stage, tmp_path, env)
+    return tmp_path, env
+
+
+@pytest.mark.slow
+def test_the_chain_runs_on_31x31_stamps_of_three_channels(chain_31x31x3, tmp_path):
+    project, env = chain_31x31x3
+    import keras
+    import mlflow
+
+    import pipeline.core.models  # noqa: F401
+    from pipeline.core.occlusion import keras_predict_fn, occlusion_maps
+
+    with np.load(project / "data" / "prepared" / "test.npz") as npz:
+        stamps, channels = npz["images"], npz["channels"]
+    assert stamps.shape[1:] == (31, 31, 3)
+    assert list(channels) == ["template", "science", "difference"]
+    with np.load(project / "data" / "occlusion" / "test.npz") as npz:
+        maps = npz["maps"]
+    assert maps.shape == (len(stamps), 31, 31)
+    classifier = keras.saving.load_model(project / "models" / "classifier.keras")
+    assert tuple(classifier.input.shape[1:]) == (31, 31, 3)
+    # the stage's maps are the engine's maps on the classifier's own geometry: 961 patches
+    again, _, _ = occlusion_maps(keras_predict_fn(classifier), stamps[:3])
+    np.testing.assert_allclose(maps[:3], again, atol=1e-6)
+
+    explainer = keras.saving.load_model(project / "models" / "estimator.keras")
+    assert explainer.predict(stamps[:5], verbose=0).shape == (5, 31, 31)
+    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert evaluate["fidelity"]["overall"]["n"] == len(stamps)
+    promote = json.loads((project / "metrics" / "promote.json").read_text())
+    assert promote["decision"] in ("promoted", "rejected")
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version("occlusion-estimator", "1")
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    info = mlflow.models.get_model_info(version.source)
+    assert info.signature.inputs.inputs[0].shape == (-1, 31, 31, 3)
+    assert info.signature.outputs.inputs[0].shape == (-1, 31, 31)
+
+    # occmap serves the same geometry from the registry, and names a mismatch clearly
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    np.savez(tmp_path / "stamps.npz", images=stamps[:4])
+    out = tmp_path / "maps.npz"
+    result = CliRunner().invoke(
+        main, ["explain", str(tmp_path / "stamps.npz"), "--out", str(out), "--model", "1"],
+        env={"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
+    assert result.exit_code == 0, result.output
+    with np.load(out) as npz:
+        np.testing.assert_allclose(npz["maps"], explainer.predict(stamps[:4], verbose=0),
+                                   atol=1e-6)
+    np.savez(tmp_path / "hits.npz", images=np.zeros((2, 21, 21, 4), np.float32))
+    result = CliRunner().invoke(
+        main, ["explain", str(tmp_path / "hits.npz"), "--out", str(tmp_path / "no.npz"),
+               "--model", "1"], env={"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
+    assert result.exit_code != 0 and "(31, 31, 3)" in result.output
+    assert not (tmp_path / "no.npz").exists()
