@@ -8,6 +8,7 @@ written here once) say so.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def load_split(path: str | Path, keys: tuple[str, ...],
             if missing:
                 raise ValueError(f"{path}: missing array(s) {missing}; found {npz.files}")
             arrays = {k: npz[k] for k in (*keys, *optional) if k in npz.files}
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: unreadable .npz ({err})") from None
     if "images" in arrays and not np.isfinite(arrays["images"]).all():
         raise ValueError(f"{path}: images hold NaN or infinite values")
@@ -54,14 +55,28 @@ def load_prepared(prepared_dir: str | Path, names=SPLITS,
 
 
 def stamp_geometry(prepared_dir: str | Path, name: str = "train") -> StampGeometry:
-    """The stamp geometry of the prepared data: the size of the split ``name``'s stamps
-    and the channel names ``prepare`` stored beside them."""
+    """The stamp geometry of the prepared data: the shape of the split ``name``'s stamps
+    (read from the array's header, not its data) and the channel names ``prepare`` stored
+    beside them."""
     path = Path(prepared_dir) / f"{name}.npz"
-    arrays = load_split(path, ("images",), optional=(CHANNELS_KEY,))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the prepare stage first)")
     try:
-        return StampGeometry.from_stamps(arrays["images"], arrays.get(CHANNELS_KEY))
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz.files:
+                raise ValueError(f"{path}: missing array(s) ['images']; found {npz.files}")
+            channels = npz[CHANNELS_KEY] if CHANNELS_KEY in npz.files else None
+            with npz.zip.open("images.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape = read_header(member)[0]
+        return StampGeometry.from_stamps(np.empty((0, *shape[1:])), channels)
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: unreadable .npz ({err})") from None
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(err.args[0] if str(err).startswith(str(path))
+                         else f"{path}: {err}") from None
 
 
 def load_maps(occlusion_dir: str | Path, name: str, n_stamps: int,
