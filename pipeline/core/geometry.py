@@ -80,13 +80,6 @@ class StampGeometry:
                              f"{list(channels)}")
         return tuple(indices)
 
-    def check(self, stamps: np.ndarray, source: str = "stamps") -> None:
-        """``ValueError`` naming ``source`` when ``stamps`` is not (N, *self.shape)."""
-        shape = np.shape(stamps)
-        if len(shape) != 4 or tuple(shape[1:]) != self.shape:
-            raise ValueError(f"{source}: stamps must have shape (N, {self.height}, "
-                             f"{self.width}, {len(self.channels)}), got {tuple(shape)}")
-
     @classmethod
     def from_stamps(cls, stamps: np.ndarray, channels=None) -> StampGeometry:
         """The geometry of ``stamps`` (N, H, W, C); ``channels`` names the C planes (None:
