@@ -1,10 +1,13 @@
 """``occmap``: explain HiTS stamps with occlusion maps, from the model registry.
 
     occmap explain STAMPS --out MAPS.npz [--exact] [--model champion|VERSION] [--png DIR]
+    occmap explain STAMPS --out MAPS.npz --exact --classifier-file PATH [--channels 3]
+                   [--pad 3] [--real-index 1] [--output softmax|sigmoid]
 
 Thin glue: stamps are read and checked here, the maps come from the registered
 ``occlusion-estimator`` (one forward pass) or from the exact engine on the registered
-``hits-classifier`` (441 classifications per stamp).
+``hits-classifier`` or a model file of the user's (441 classifications per stamp), with
+the ``occlusion`` settings of the project's params.yaml.
 """
 
 from __future__ import annotations
@@ -87,20 +90,52 @@ def estimated_maps(uri: str, stamps: np.ndarray, batch_size: int, source: str) -
     return maps
 
 
-def exact_maps(uri: str, stamps: np.ndarray, occlusion, source: str) -> dict[str, np.ndarray]:
-    """Exact maps (N, H, W), target class (N,) and its probability (N,) under the
-    registered classifier at ``uri``; ``ValueError`` naming ``source`` when the stamps
-    are not of the classifier's shape."""
+def registered_classifier(uri: str, stamps: np.ndarray, source: str):
+    """The registered classifier at ``uri``; ``ValueError`` naming ``source`` when the
+    stamps are not of its shape."""
     import mlflow.tensorflow
 
     import pipeline.core.models  # noqa: F401  (registers the custom layers)
-    from pipeline.core.explain import engine_for, model_geometry
+    from pipeline.core.explain import model_geometry
 
     classifier = mlflow.tensorflow.load_model(uri)
     shape = model_geometry(classifier).shape
     if tuple(stamps.shape[1:]) != shape:
         raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the classifier {uri} "
                          f"takes stamps of shape {shape}")
+    return classifier
+
+
+def file_classifier(path: Path, stamps: np.ndarray, channels: tuple[int, ...], pad: int,
+                    crop: int, real_index: int, output: str):
+    """The classifier file at ``path`` wrapped for ``stamps`` (N, H, W, C): the same
+    import as ``classifier.source: file`` in the pipeline, outputs checked on the first
+    stamps."""
+    from pipeline.core.geometry import StampGeometry
+    from pipeline.core.models.imported import check_probabilities, import_classifier
+
+    model, _ = import_classifier(path, StampGeometry.from_stamps(stamps), channels, pad=pad,
+                                 crop=crop, real_index=real_index, output=output)
+    check_probabilities(model, stamps[:1024], path)
+    return model
+
+
+def occlusion_settings():
+    """The ``occlusion`` section of the project's params.yaml when run in a project (the
+    settings the pipeline's exact maps use), else its defaults."""
+    from pipeline.core.params import OcclusionParams
+    from pipeline.glue.files import PARAMS_FILE, load_params
+
+    if not Path(PARAMS_FILE).is_file():
+        return OcclusionParams()
+    return OcclusionParams.from_dict(load_params().get("occlusion", {}))
+
+
+def exact_maps(classifier, stamps: np.ndarray, occlusion) -> dict[str, np.ndarray]:
+    """Exact maps (N, H, W), target class (N,) and its probability (N,) of ``stamps``
+    under ``classifier`` (a Keras model taking them) with ``occlusion`` settings."""
+    from pipeline.core.explain import engine_for
+
     engine = engine_for(classifier, occlusion)
     maps, target, base_prob = engine.maps(stamps, chunk_size=occlusion.chunk_size,
                                           progress=True)
@@ -157,8 +192,28 @@ def main():
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
               help="MLflow tracking/registry URI [default: the project's store; env: "
                    "MLFLOW_TRACKING_URI].")
+@click.option("--classifier-file", type=click.Path(exists=True, path_type=Path),
+              metavar="PATH",
+              help="With --exact: a model file of your own instead of the registry (.keras, "
+                   "Keras 2 .h5 or a SavedModel directory).")
+@click.option("--channels", "channels", multiple=True, type=click.IntRange(min=0),
+              default=(3,), show_default=True, metavar="INDEX",
+              help="With --classifier-file: the stamp channels the model takes, in its order "
+                   "(0 template, 1 science, 2 difference, 3 SNR difference); repeat for more.")
+@click.option("--pad", default=0, show_default=True, type=click.IntRange(min=0),
+              help="With --classifier-file: zero pixels added on every side to reach the "
+                   "model's input size (21x21 -> 27x27: 3).")
+@click.option("--crop", default=0, show_default=True, type=click.IntRange(min=0),
+              help="With --classifier-file: pixels cut from every side instead.")
+@click.option("--real-index", default=1, show_default=True, type=click.IntRange(0, 1),
+              help="With --classifier-file: the model's output index of the real class.")
+@click.option("--output", "output_kind", default="softmax", show_default=True,
+              type=click.Choice(["softmax", "sigmoid"]),
+              help="With --classifier-file: a softmax pair or one sigmoid unit.")
 def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | None,
-            png_limit: int, batch_size: int, tracking_uri: str | None):
+            png_limit: int, batch_size: int, tracking_uri: str | None,
+            classifier_file: Path | None, channels: tuple[int, ...], pad: int, crop: int,
+            real_index: int, output_kind: str):
     """Compute the occlusion map of every stamp in STAMPS.
 
     STAMPS is an .npz with an array 'images' (N, H, W, C) in [0, 1], the shape the model
@@ -175,12 +230,14 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     images = arrays["images"]
+    if classifier_file is not None and not exact:
+        raise click.UsageError("--classifier-file gives exact maps: add --exact (the "
+                               "estimator is the registered one, trained for a classifier)")
 
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from pipeline.core.geometry import CLASS_NAMES
-    from pipeline.core.params import OcclusionParams
     from pipeline.glue import tracking
     from pipeline.glue.files import atomic_paths, save_npz
 
@@ -188,10 +245,16 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = CLASSIFIER_NAME if exact else ESTIMATOR_NAME
-    source = model_uri(name, model)
+    source = (str(classifier_file) if classifier_file is not None
+              else model_uri(name, model))
     try:
-        if exact:
-            result = exact_maps(source, images, OcclusionParams(), str(stamps))
+        if classifier_file is not None:
+            classifier = file_classifier(classifier_file, images, channels, pad, crop,
+                                         real_index, output_kind)
+            result = exact_maps(classifier, images, occlusion_settings())
+        elif exact:
+            classifier = registered_classifier(source, images, str(stamps))
+            result = exact_maps(classifier, images, occlusion_settings())
         else:
             result = {"maps": estimated_maps(source, images, batch_size, str(stamps))}
     except ValueError as err:

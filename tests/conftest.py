@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import keras
+import numpy as np
 import pytest
 import yaml
 
@@ -117,3 +121,113 @@ def tiny_champion(tiny_evaluated):
     (metrics / "promote_rule.json").write_bytes((metrics / "promote.json").read_bytes())
     run_stage("promote", tmp_path, env, "--force", "--note", "tiny test pair")
     return tiny_evaluated
+
+
+def naive_maps(predict, stamps, patch, stride, fill, padding, reduce):
+    """(N, H, W) exact occlusion maps the slow way, the reference the engine is held to:
+    one occluded copy of ``stamps`` (N, H, W, C) per ``predict`` call (a batch of one ->
+    (1, K) probabilities), patch bounds and coverage worked out here."""
+    n, h, w, _ = stamps.shape
+    if padding == "same":
+        corners = [(i - patch // 2, j - patch // 2) for i in range(0, h, stride)
+                   for j in range(0, w, stride)]
+    else:
+        corners = [(i, j) for i in range(0, h - patch + 1, stride)
+                   for j in range(0, w - patch + 1, stride)]
+    maps = np.zeros((n, h, w))
+    for s in range(n):
+        base = np.asarray(predict(stamps[s:s + 1]))[0]
+        c = int(np.argmax(base))
+        total = np.zeros((h, w))
+        count = np.zeros((h, w))
+        for y0, x0 in corners:
+            rows = slice(max(y0, 0), min(y0 + patch, h))
+            cols = slice(max(x0, 0), min(x0 + patch, w))
+            occluded = stamps[s].copy()
+            occluded[rows, cols, :] = fill
+            drop = base[c] - np.asarray(predict(occluded[None]))[0, c]
+            total[rows, cols] += drop
+            count[rows, cols] += 1
+        if reduce == "mean":
+            maps[s] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        else:
+            maps[s] = total
+    return maps
+
+
+# --- classifier files of a user's, written by hand in Keras 2's HDF5 layout ----------
+
+def seed_like_model(input_shape=(21, 21, 1), last="softmax", units=2, seed=1):
+    """The witness seed net's layers (conv with no activation, Dense + Activation pairs)
+    in Keras 3, weights scaled up so occlusion moves p well above float noise."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.Conv2D(8, 3, padding="same", name="conv2d_1"),
+        keras.layers.MaxPooling2D(2, name="max_pooling2d_1"),
+        keras.layers.Flatten(name="flatten_1"),
+        keras.layers.Dense(10, name="dense_1"),
+        keras.layers.Activation("relu", name="activation_1"),
+        keras.layers.Dropout(0.5, name="dropout_1"),
+        keras.layers.Dense(units, name="dense_2"),
+        keras.layers.Activation(last, name="activation_2"),
+    ])
+    model.set_weights([w * 4 for w in model.get_weights()])
+    return model
+
+
+def keras2_config(layer, first_shape=None) -> dict:
+    """A Keras 2.1-style config of a Keras 3 layer, as the witnesses' files hold them."""
+    kind = type(layer).__name__
+    config = {"name": layer.name, "trainable": True}
+    if first_shape is not None:
+        config |= {"batch_input_shape": [None, *first_shape], "dtype": "float32"}
+    if kind == "Conv2D":
+        config |= {"filters": layer.filters, "kernel_size": list(layer.kernel_size),
+                   "strides": list(layer.strides), "padding": layer.padding,
+                   "data_format": "channels_last", "dilation_rate": [1, 1],
+                   "activation": keras.activations.serialize(layer.activation),
+                   "use_bias": True,
+                   "kernel_initializer": {"class_name": "VarianceScaling", "config": {}}}
+    elif kind == "Dense":
+        config |= {"units": layer.units,
+                   "activation": keras.activations.serialize(layer.activation),
+                   "use_bias": True}
+    elif kind == "MaxPooling2D":
+        config |= {"pool_size": list(layer.pool_size), "padding": "valid",
+                   "strides": list(layer.strides), "data_format": "channels_last"}
+    elif kind == "Activation":
+        config |= {"activation": keras.activations.serialize(layer.activation)}
+    elif kind == "Dropout":
+        config |= {"rate": layer.rate, "noise_shape": None, "seed": None}
+    elif kind == "LeakyReLU":
+        config |= {"alpha": float(layer.negative_slope)}  # Keras 2's name
+    elif kind == "BatchNormalization":
+        config |= {"axis": -1, "momentum": layer.momentum, "epsilon": layer.epsilon,
+                   "center": True, "scale": True}
+    return {"class_name": kind, "config": config}
+
+
+def write_legacy_weights(h5, model):
+    """model_weights/<layer>/<layer>/<weight>:0, as Keras 2.1.3 wrote them."""
+    group = h5.create_group("model_weights")
+    group.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+    for layer in model.layers:
+        inner = group.create_group(layer.name)
+        names = [f"{layer.name}/{w.path.split('/')[-1]}:0".encode() for w in layer.weights]
+        inner.attrs["weight_names"] = names
+        for name, value in zip(names, layer.get_weights(), strict=True):
+            inner.create_dataset(name.decode(), data=value)
+
+
+def write_legacy_sequential(model, path, input_shape):
+    """``model`` (Sequential) as a Keras 2.1.3 HDF5 file at ``path``, in the layout of the
+    witnesses' files (model_config JSON, model_weights/<layer>/<layer>/<name>:0)."""
+    with h5py.File(path, "w") as h5:
+        h5.attrs["keras_version"] = b"2.1.3"
+        h5.attrs["backend"] = b"tensorflow"
+        specs = [keras2_config(layer, input_shape if i == 0 else None)
+                 for i, layer in enumerate(model.layers)]
+        h5.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": specs})
+        write_legacy_weights(h5, model)
+    return path

@@ -7,7 +7,8 @@ raises ``ValueError`` naming the offending key.
 Each section is a frozen dataclass; ``parse_section`` reads it from its fields alone:
 - the YAML key is the field's name, or ``param(key="synthetic.n")`` for a nested one;
 - the value is coerced by the field's annotation (``int``, ``float``, ``str``, ``bool``
-  (strictly true/false), ``tuple[T, ...]``, ``dict``, or another section dataclass);
+  (strictly true/false), ``int | str`` (digits -> int, else str), ``tuple[T, ...]``, ``dict``, or
+  another section dataclass);
 - an absent key, or one left empty (null), takes the field's default, unless the field
   is ``param(required=True)`` or has no default;
 - ``param(choices=..., at_least=..., above=..., below=...)`` declare the value checks;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import numbers
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,6 +114,19 @@ def _coerce(hint: Any, value: Any, key: str, default: Any) -> Any:
     """``value`` as the annotation ``hint`` says, or ``ValueError`` naming ``key``."""
     if dataclasses.is_dataclass(hint):
         return parse_section(hint, value, key, base=default)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        # int | str: an integer, or a string of digits, is an integer; any other string
+        # stays a string (a channel given by index or by name)
+        for option in typing.get_args(hint):
+            if option is int and (isinstance(value, numbers.Integral)
+                                  and not isinstance(value, bool)
+                                  or isinstance(value, str) and value.strip().isdigit()):
+                return int(value)
+            if option is str and isinstance(value, str):
+                return value
+        names = " or ".join(getattr(option, "__name__", str(option))
+                            for option in typing.get_args(hint))
+        raise ValueError(f"{key} must be {names}, got {value!r}")
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, list | tuple):
             raise ValueError(f"{key} must be a list, got {value!r}")
@@ -207,9 +222,20 @@ class ClassifierParams(Section):
     """The ``classifier`` section: which net, on which channels, trained how."""
 
     SECTION = "classifier"
+    SOURCES = ("train", "file")
+    OUTPUTS = ("softmax", "sigmoid")
 
-    arch: str = "seed"  # seed | deephits
-    channels: tuple[int, ...] = (3,)
+    # train: build and fit ``arch``; file: import the model file below instead
+    source: str = param("train", choices=SOURCES)
+    arch: str = "seed"  # seed | deephits (source train)
+    # stamp channels the net sees, in its input order (indices or names)
+    channels: tuple[int | str, ...] = (3,)
+    # source file: a .keras, a Keras 2 .h5 or a SavedModel directory
+    file_path: str = param("", key="file.path")
+    file_pad: int = param(0, key="file.pad", at_least=0)  # zero pixels added per side
+    file_crop: int = param(0, key="file.crop", at_least=0)  # pixels cut per side
+    file_real_index: int = param(1, key="file.real_index", choices=(0, 1))
+    file_output: str = param("softmax", key="file.output", choices=OUTPUTS)
     optimizer: str = "sgd"
     learning_rate: float = param(0.01, above=0)
     batch_size: int = param(64, at_least=1)
@@ -217,6 +243,14 @@ class ClassifierParams(Section):
     patience: int = param(5, at_least=0)
     seed: int = 42
     hparams: dict = param({})  # builder keywords
+
+    def _check(self, section: str) -> None:
+        if self.source == "file" and not self.file_path:
+            raise ValueError(f"{section}.file.path must name the model file when "
+                             f"{section}.source is file")
+        if self.file_pad and self.file_crop:
+            raise ValueError(f"{section}.file.pad and {section}.file.crop: at most one of "
+                             f"them may be non-zero, got {self.file_pad} and {self.file_crop}")
 
 
 @dataclass(frozen=True)

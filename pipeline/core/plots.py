@@ -31,7 +31,16 @@ def confusion_matrix_figure(confusion: dict, title: str = "Confusion matrix") ->
 
 
 def training_curves_figure(history: dict[str, list[float]], title: str = "") -> plt.Figure:
-    """Loss and accuracy per epoch, train beside validation."""
+    """Loss and accuracy per epoch, train beside validation; a note when there are no
+    epochs (an imported classifier, not trained here)."""
+    if not history.get("loss"):
+        fig, ax = plt.subplots(figsize=(8, 3.2), dpi=120)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no training curves: the classifier was imported, not trained here",
+                ha="center", va="center")
+        if title:
+            fig.suptitle(title)
+        return fig
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):

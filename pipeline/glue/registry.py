@@ -33,11 +33,12 @@ def register_keras_model(model, name: str, registered_model_name: str, example, 
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipeline.core.models import layers
+    from pipeline.core.models import imported, layers
 
     signature = infer_signature(example, model.predict(example, verbose=0))
     custom_objects = {f"pipeline>{cls.__name__}": cls for cls in
-                      (layers.SelectChannels, layers.RotationStack, layers.RotationPool)}
+                      (layers.SelectChannels, layers.RotationStack, layers.RotationPool,
+                       imported.ClassProbabilities, imported.EmbeddedSavedModel)}
     info = mlflow.tensorflow.log_model(
         model, name=name, signature=signature, input_example=example,
         custom_objects=custom_objects, registered_model_name=registered_model_name,

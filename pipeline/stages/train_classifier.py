@@ -1,4 +1,5 @@
-"""DVC stage ``train_classifier``: train the CNN the maps explain, log it to MLflow.
+"""DVC stage ``train_classifier``: train the CNN the maps explain (``classifier.source:
+train``) or import the user's own model file (``source: file``), log it to MLflow.
 
 Reads ``<prepared_dir>/{train,val,test}.npz``; writes ``<models_dir>/classifier.keras``,
 ``<metrics_dir>/train_classifier.json`` and ``<plots_dir>/train_classifier/*``; logs the
@@ -31,17 +32,33 @@ def main() -> None:
     cfg = ClassifierParams.from_dict(params.get("classifier", {}))
     splits = load_prepared(paths.prepared_dir)
     geometry = stamp_geometry(paths.prepared_dir)
+    # An imported file is read and checked before any run starts: a bad file leaves no run,
+    # no version and no output. TensorFlow starts only here or in fit_classifier.
+    imported = _import(cfg, geometry, splits["val"]["images"]) if cfg.source == "file" else None
+    arch = cfg.arch if imported is None else "imported"
 
-    # TensorFlow starts only in fit_classifier: a bad input fails fast, without its start-up
     out_plots = Path(paths.plots_dir) / "train_classifier"
+    tags = {"arch": arch, "classifier.source": cfg.source}
+    if imported is not None:
+        tags |= {f"file.{key}": imported[1][key] for key in ("name", "format", "sha256")}
     with tracking.start_run("train_classifier",
                             params={"classifier": params["classifier"], "data": params["data"]},
-                            tags={"arch": cfg.arch}) as run:
-        from pipeline.core.models.training import fit_classifier
+                            tags=tags) as run:
+        import mlflow
 
-        model, history, seconds = fit_classifier(
-            cfg, splits, geometry, callbacks=[tracking.epoch_logger()],
-            verbose=1 if sys.stdout.isatty() else 2)
+        if imported is None:
+            from pipeline.core.models.training import fit_classifier
+
+            model, history, seconds = fit_classifier(
+                cfg, splits, geometry, callbacks=[tracking.epoch_logger()],
+                verbose=1 if sys.stdout.isatty() else 2)
+        else:
+            (model, facts), history = imported, {"loss": []}
+            seconds = facts.pop("seconds")
+            source = Path(cfg.file_path)
+            # the user's own file, as it was read: the version's provenance
+            (mlflow.log_artifacts if source.is_dir() else mlflow.log_artifact)(
+                str(source), "source_file" if source.is_dir() else None)
 
         figures = {}
         for name in ("val", "test"):
@@ -49,16 +66,19 @@ def main() -> None:
             figures[name] = classification_figures(splits[name]["labels"], probabilities)
         test_predicted = probabilities.argmax(axis=1)
         figures["training"] = {
-            "arch": cfg.arch, "channels": list(cfg.channels), "parameters": model.count_params(),
+            "arch": arch, "source": cfg.source, "channels": list(cfg.channels),
+            "parameters": model.count_params(),
             "stamp_shape": list(geometry.shape), "stamp_channels": list(geometry.channels),
             "epochs_run": len(history["loss"]),
-            "best_epoch": int(np.argmin(history["val_loss"])) + 1, "seconds": seconds,
+            "best_epoch": (int(np.argmin(history["val_loss"])) + 1 if history["loss"]
+                           else None),
+            "seconds": seconds,
         }
+        if imported is not None:
+            figures["training"]["file"] = facts
         figures["accuracy_ceiling"] = (
             synthetic.accuracy_ceiling(data.synthetic_preset, **data.synthetic_overrides)
             if data.source == "synthetic" else None)
-
-        import mlflow
 
         # "best_val_": the restored best epoch, apart from Keras's per-epoch "val_" curves.
         for split, prefix in (("val", "best_val_"), ("test", "test_")):
@@ -66,7 +86,7 @@ def main() -> None:
                                 figures[split].items() if isinstance(value, float)})
         mlflow.log_metrics({"train_seconds": seconds, "parameters": model.count_params()})
         _write_plots(out_plots, history, splits["test"]["labels"], test_predicted,
-                     figures["test"]["confusion"], cfg.arch, geometry.classes)
+                     figures["test"]["confusion"], arch, geometry.classes)
         summary: list[str] = []
         model.summary(print_fn=lambda line, **_: summary.append(line))
         mlflow.log_text("\n".join(summary), "model_summary.txt")
@@ -74,7 +94,7 @@ def main() -> None:
             mlflow.log_artifact(str(out_plots / png))
         version = register_keras_model(
             model, "classifier", REGISTERED_NAME, splits["val"]["images"][:4],
-            tags={"arch": cfg.arch, "test_accuracy": figures["test"]["accuracy"],
+            tags={**tags, "test_accuracy": figures["test"]["accuracy"],
                   "run_id": run.info.run_id})
         figures["registered"] = {"name": REGISTERED_NAME, "version": int(version.version),
                                  "run_id": run.info.run_id}
@@ -83,9 +103,30 @@ def main() -> None:
     with atomic_paths(target) as (temp,):
         model.save(temp)
     write_json(Path(paths.metrics_dir) / "train_classifier.json", figures)
-    print(f"train_classifier: {cfg.arch} test accuracy {figures['test']['accuracy']:.4f} "
-          f"(ceiling {figures['accuracy_ceiling']}), {seconds:.0f} s, "
+    how = (f"{seconds:.0f} s" if imported is None else
+           f"imported {cfg.file_path} ({facts['format']}, sha256 {facts['sha256'][:12]})")
+    print(f"train_classifier: {arch} test accuracy {figures['test']['accuracy']:.4f} "
+          f"(ceiling {figures['accuracy_ceiling']}), {how}, "
           f"registered {REGISTERED_NAME} v{version.version}")
+
+
+def _import(cfg: ClassifierParams, geometry, val_images):
+    """(wrapper, facts) of the classifier file ``cfg.file_path`` for stamps of
+    ``geometry``; ``ValueError`` naming the file when it cannot be imported or its outputs
+    on the validation stamps are not probabilities."""
+    import time
+
+    from pipeline.core.models.imported import check_probabilities, import_classifier
+
+    start = time.perf_counter()
+    model, facts = import_classifier(
+        cfg.file_path, geometry, cfg.channels, pad=cfg.file_pad, crop=cfg.file_crop,
+        real_index=cfg.file_real_index, output=cfg.file_output)
+    check_probabilities(model, val_images[:1024], cfg.file_path)
+    facts |= {"name": Path(cfg.file_path).name, "path": cfg.file_path, "pad": cfg.file_pad,
+              "crop": cfg.file_crop, "real_index": cfg.file_real_index,
+              "output": cfg.file_output, "seconds": time.perf_counter() - start}
+    return model, facts
 
 
 def _write_plots(out: Path, history: dict, labels, predicted, confusion: dict,

@@ -139,6 +139,10 @@ def coordinate(target: str, workers: int, n_trials: int | None) -> None:
     cfg = TuneParams.from_dict(params.get("tune", {}))
     spec = getattr(cfg, target)
     n_trials = n_trials or spec.n_trials
+    if target == "classifier" and \
+            ClassifierParams.from_dict(params.get("classifier", {})).source == "file":
+        raise ValueError("params.yaml: tune_classifier searches how to train a classifier, and "
+                         "classifier.source is file (an imported model is not trained here)")
     fields = {f.name for f in dataclasses.fields(
         ClassifierParams if target == "classifier" else EstimatorParams)}
     space = search.parse_space(spec.space, target)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import naive_maps
 from pipeline.core.models.classifiers import build_classifier, quarter_turn_invariant
 from pipeline.core.occlusion import (
     keras_predict_fn,
@@ -16,36 +17,6 @@ from pipeline.core.occlusion import (
     quarter_turn_symmetric,
     quarter_turns,
 )
-
-
-def _naive_maps(predict, stamps, patch, stride, fill, padding, reduce):
-    """One occluded copy per classifier call, patch bounds and coverage worked out here."""
-    n, h, w, _ = stamps.shape
-    if padding == "same":
-        corners = [(i - patch // 2, j - patch // 2) for i in range(0, h, stride)
-                   for j in range(0, w, stride)]
-    else:
-        corners = [(i, j) for i in range(0, h - patch + 1, stride)
-                   for j in range(0, w - patch + 1, stride)]
-    maps = np.zeros((n, h, w))
-    for s in range(n):
-        base = np.asarray(predict(stamps[s:s + 1]))[0]
-        c = int(np.argmax(base))
-        total = np.zeros((h, w))
-        count = np.zeros((h, w))
-        for y0, x0 in corners:
-            rows = slice(max(y0, 0), min(y0 + patch, h))
-            cols = slice(max(x0, 0), min(x0 + patch, w))
-            occluded = stamps[s].copy()
-            occluded[rows, cols, :] = fill
-            drop = base[c] - np.asarray(predict(occluded[None]))[0, c]
-            total[rows, cols] += drop
-            count[rows, cols] += 1
-        if reduce == "mean":
-            maps[s] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
-        else:
-            maps[s] = total
-    return maps
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +47,7 @@ def test_matches_a_naive_loop(small_cnn, small_stamps, padding, reduce, stride, 
     maps, target, base_prob = occlusion_maps(predict, small_stamps, patch=patch, stride=stride,
                                              fill=0.1, padding=padding, reduce=reduce,
                                              chunk_size=2)
-    expected = _naive_maps(lambda x: predict(tf.constant(x, tf.float32)).numpy(), small_stamps,
+    expected = naive_maps(lambda x: predict(tf.constant(x, tf.float32)).numpy(), small_stamps,
                            patch, stride, 0.1, padding, reduce)
     # Each drop carries the float32 rounding of a batched classifier call (~1e-7 on p <= 1,
     # and CPU kernels round differently by batch size); a summed map adds up to patch**2.

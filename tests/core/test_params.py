@@ -62,6 +62,12 @@ def test_values_are_coerced_by_annotation():
                                       "optimizer": "adam", "channels": [0, "3"]})
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate) == (7, 32, 0.001)
     assert cfg.channels == (0, 3) and isinstance(cfg.channels, tuple)
+    # int | str: channels by name stay names, a float is neither
+    assert ClassifierParams.from_dict({"channels": ["snr_difference", 1]}).channels == (
+        "snr_difference", 1)
+    with pytest.raises(ValueError, match=r"classifier.channels\[0\] must be int or str"):
+        ClassifierParams.from_dict({"channels": [2.5]})  # (a name the stamps lack fails
+    # where the channels meet the stamps: StampGeometry.channel_indices)
     assert PathsParams.from_dict({"raw_dir": 2013}).raw_dir == "2013"
     assert OcclusionParams.from_dict({"fill": 1}).fill == 1.0
     # absent or empty (null) keys take the dataclass defaults; dicts are copied
@@ -81,8 +87,8 @@ def test_values_are_coerced_by_annotation():
         (ClassifierParams, {"learning_rate": "fast"}, "classifier.learning_rate must be a number"),
         (ClassifierParams, {"channels": 3}, r"classifier.channels must be a list, got 3"),
         (ClassifierParams, {"channels": "3"}, r"classifier.channels must be a list"),
-        (ClassifierParams, {"channels": [3, "x"]},
-         r"classifier.channels\[1\] must be an integer, got 'x'"),
+        (ClassifierParams, {"channels": [3, True]},
+         r"classifier.channels\[1\] must be int or str, got True"),
         (ClassifierParams, {"hparams": [1]}, r"classifier.hparams must be a mapping"),
         (ClassifierParams, {"learning_rate": 0}, r"classifier.learning_rate must be > 0, got 0"),
         (PathsParams, {"raw_dir": ["a"]}, r"paths.raw_dir must be a string"),
@@ -178,3 +184,18 @@ def test_required_keys_and_direct_construction():
     assert parse_section(TuneTarget, {"study": "s", "epochs": "3"}, "target").epochs == 3
     # only from_dict checks: a dataclass built directly keeps its defaults untouched
     assert DataParams().source == "synthetic" and OcclusionParams(stride=3).stride == 3
+
+
+def test_an_imported_classifier_needs_its_file_and_one_way_to_its_size():
+    cfg = ClassifierParams.from_dict({"source": "file", "file": {"path": "data/raw/net.h5",
+                                                                 "pad": 3, "real_index": 0}})
+    assert (cfg.file_path, cfg.file_pad, cfg.file_crop, cfg.file_real_index,
+            cfg.file_output) == ("data/raw/net.h5", 3, 0, 0, "softmax")
+    with pytest.raises(ValueError, match="classifier.file.path must name the model file"):
+        ClassifierParams.from_dict({"source": "file"})
+    with pytest.raises(ValueError, match="at most one of them may be non-zero"):
+        ClassifierParams.from_dict({"file": {"pad": 1, "crop": 1}})
+    with pytest.raises(ValueError, match=r"classifier.file.output must be one of"):
+        ClassifierParams.from_dict({"file": {"output": "logits"}})
+    with pytest.raises(ValueError, match=r"classifier.source must be one of"):
+        ClassifierParams.from_dict({"source": "download"})

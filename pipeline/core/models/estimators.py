@@ -47,6 +47,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from pipeline.core.models.imported import is_opaque
 from pipeline.core.models.layers import (
     AlignRotations,
     ClassCondition,
@@ -71,6 +72,10 @@ def condition_model(classifier: keras.Model, condition: str = "class") -> keras.
     """
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    if condition in ("features", "taps") and is_opaque(classifier):
+        raise ValueError(f"estimator.condition {condition!r} reads the classifier's inner "
+                         "layers, and this classifier is an imported SavedModel (an opaque "
+                         "graph): use estimator.condition class or margin")
     classifier.trainable = False
     stamps = keras.Input(input_stamp_shape(classifier), name="stamps")
     if condition in ("features", "taps"):
@@ -117,9 +122,18 @@ def tap_shape(classifier: keras.Model) -> tuple[int, int, int]:
     return int(height), int(width), int(channels) * (4 if _rotation_stacked(classifier) else 1)
 
 
+# The encoder of an estimator whose classifier has no conv layer to mirror (an imported
+# SavedModel): the seed net's conv, learnt from scratch (no layer of this name to copy).
+DEFAULT_SPEC = ({"name": "conv", "filters": 8, "kernel_size": (3, 3), "activation": "relu",
+                 "slope": None},)
+
+
 def mirror_spec(classifier: keras.Model) -> list[dict]:
     """The classifier's conv layers up to its first pooling, as
-    [{name, filters, kernel_size, activation, slope}] (slope: a LeakyReLU's, or None)."""
+    [{name, filters, kernel_size, activation, slope}] (slope: a LeakyReLU's, or None);
+    ``DEFAULT_SPEC`` for an opaque classifier (an imported SavedModel)."""
+    if is_opaque(classifier):
+        return [dict(conv) for conv in DEFAULT_SPEC]
     spec: list[dict] = []
     model_layers = classifier.layers
     for index, layer in enumerate(model_layers):
@@ -326,6 +340,8 @@ def copy_encoder_weights(estimator: keras.Model, classifier: keras.Model, spec: 
     names of the copied layers, which are frozen when ``freeze``."""
     copied = []
     for conv in spec:
+        if is_opaque(classifier):
+            break
         source = classifier.get_layer(conv["name"])
         mirror = estimator.get_layer(f"enc_{conv['name']}")
         weights = source.get_weights()
