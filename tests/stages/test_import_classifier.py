@@ -175,3 +175,8 @@ def test_occmap_gives_exact_maps_of_a_model_file(tiny_chain, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
                             env=tiny_chain[1], timeout=300)
     assert result.returncode != 0 and "(use pad 3)" in result.stderr and not out.exists()
+    command.remove("--exact")  # the estimator is the registry's, trained for another net
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                            env=tiny_chain[1], timeout=300)
+    assert result.returncode == 2 and "--classifier-file gives exact maps: add --exact" \
+        in result.stderr

@@ -247,23 +247,19 @@ def read_h5(path: str | Path) -> keras.Model:
     path = Path(path)
     try:
         with h5py.File(path, "r") as h5:
-            version = _text(h5.attrs.get("keras_version", ""))
             if "model_config" not in h5.attrs:
                 raise ClassifierFileError(f"{path}: an HDF5 file without model_config (weights "
                                           "only, or not a Keras model)")
-            if version.startswith("3"):
-                model = None
-            else:
+            if not _text(h5.attrs.get("keras_version", "")).startswith("3"):
                 return rebuild_legacy(h5, path)
     except OSError as err:
         raise ClassifierFileError(f"{path}: unreadable HDF5, truncated or damaged "
                                   f"({_first_line(err)})") from None
     try:
-        model = keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, TypeError, KeyError) as err:
         raise ClassifierFileError(f"{path}: not a loadable Keras 3 HDF5 model "
                                   f"({_first_line(err)})") from None
-    return model
 
 
 def rebuild_legacy(h5, path: Path) -> keras.Model:
@@ -275,14 +271,21 @@ def rebuild_legacy(h5, path: Path) -> keras.Model:
     except (json.JSONDecodeError, TypeError) as err:
         raise ClassifierFileError(f"{path}: model_config is not JSON ({err})") from None
     kind, body = config.get("class_name"), config.get("config")
-    if kind == "Sequential":
-        specs = body if isinstance(body, list) else (body or {}).get("layers", [])
-        model = _rebuild_sequential(specs, path)
-    elif kind in ("Model", "Functional"):
-        model = _rebuild_functional(body or {}, path)
-    else:
-        raise ClassifierFileError(f"{path}: a {kind!r} model config; only Sequential and "
-                                  "functional (Model) configs can be rebuilt")
+    try:
+        if kind == "Sequential":
+            specs = body if isinstance(body, list) else (body or {}).get("layers", [])
+            model = _rebuild_sequential(specs, path)
+        elif kind in ("Model", "Functional"):
+            model = _rebuild_functional(body or {}, path)
+        else:
+            raise ClassifierFileError(f"{path}: a {kind!r} model config; only Sequential and "
+                                      "functional (Model) configs can be rebuilt")
+    except ClassifierFileError:
+        raise
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
+        # a config of the right kind but not of Keras 2's shape (or layers that do not fit)
+        raise ClassifierFileError(f"{path}: model_config cannot be rebuilt "
+                                  f"({type(err).__name__}: {_first_line(err)})") from None
     weights = h5["model_weights"] if "model_weights" in h5 else h5
     _load_legacy_weights(model, weights, path)
     return model

@@ -229,14 +229,30 @@ def _truncated(tmp_path):
     return cut
 
 
-def _with_lambda(tmp_path):
-    path = write_legacy_sequential(seed_like_model(), tmp_path / "lambda.h5", (21, 21, 1))
+def _edited_config(tmp_path, name, edit):
+    path = write_legacy_sequential(seed_like_model(), tmp_path / name, (21, 21, 1))
     with h5py.File(path, "r+") as h5:
         config = json.loads(h5.attrs["model_config"])
-        config["config"][2] = {"class_name": "Lambda", "config": {
-            "name": "lambda_1", "function": ["4wEAAAAAAAAA", None, None]}}
+        edit(config)
         h5.attrs["model_config"] = json.dumps(config)
     return path
+
+
+def _wrong_filters(tmp_path):
+    return _edited_config(tmp_path, "filters.h5",
+                          lambda config: config["config"][0]["config"].update(filters=4))
+
+
+def _garbled(tmp_path):
+    return _edited_config(tmp_path, "garbled.h5",
+                          lambda config: config["config"].__setitem__(1, ["not", "a", "dict"]))
+
+
+def _with_lambda(tmp_path):
+    lambda_layer = {"class_name": "Lambda", "config": {"name": "lambda_1",
+                                                       "function": ["4wEAAAAAAAAA", None, None]}}
+    return _edited_config(tmp_path, "lambda.h5",
+                          lambda config: config["config"].__setitem__(2, lambda_layer))
 
 
 def _not_a_model(tmp_path):
@@ -265,6 +281,9 @@ def _padded_file(tmp_path):
     (_truncated, {}, "truncated.h5: unreadable HDF5, truncated or damaged"),
     (_weights_only, {}, "weights.h5: an HDF5 file without model_config"),
     (_with_lambda, {}, "lambda.h5: layer 'lambda_1' of class 'Lambda' is not supported"),
+    (_wrong_filters, {}, r"filters.h5: layer 'conv2d_1' has weights of shapes \[\(3, 3, 1, 8\), "
+                         r"\(8,\)\] in the file, its config needs \[\(3, 3, 1, 4\)"),
+    (_garbled, {}, "garbled.h5: model_config cannot be rebuilt"),
     (_seed_file, {"channels": [5]}, "seed.h5: channel index 5 is outside the stamps' 4"),
     (_seed_file, {"channels": [2, 3]}, "seed.h5: the model takes 1 channel"),
     (_padded_file, {"pad": 2}, r"p.h5: stamps of 21x21 with pad 2, crop 0 become 25x25, the "
