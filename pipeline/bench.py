@@ -8,6 +8,8 @@ Targets:
   occlusion   exact-map throughput against the classifier's own bound, and a per-stamp
               implementation (one stamp's occluded copies per call, as the study did)
   estimator   one-pass estimated maps/s (classifier pass included) against exact maps/s
+  witness     how the classifiers trained on the REAL HiTS set see the twin, beside how
+              they saw the real set (files in ../shared/witness, never in the project)
 """
 
 from __future__ import annotations
@@ -280,6 +282,57 @@ def _print_estimator(f: dict) -> None:
           f"maps/s: marginal speedup {f['marginal_speedup']:.0f}x (a broker classifies anyway)")
 
 
+DEFAULT_WITNESS_DIR = "../shared/witness"
+
+
+def bench_witness(preset: str, n: int, seed: int, witness_dir: str) -> dict:
+    """Each witness's figures (``pipeline.core.witness``) on ``n`` twin stamps of
+    ``preset``, read from ``witness_dir`` through the classifier importer."""
+    from pathlib import Path
+
+    from pipeline.core import witness
+    from pipeline.core.geometry import HITS
+    from pipeline.core.models.imported import import_classifier
+
+    directory = Path(witness_dir)
+    missing = [w.file for w in witness.WITNESSES if not (directory / w.file).is_file()]
+    if missing:
+        raise SystemExit(f"{directory}: no witness file(s) {missing} (--witness-dir names "
+                         "the folder with the classifiers trained on the real set)")
+    images, labels, meta = synthetic.make_stamps(n, seed=seed, preset=preset)
+    figures = {"preset": preset, "n": n, "seed": seed, "witnesses": {}}
+    for spec in witness.WITNESSES:
+        model, facts = import_classifier(directory / spec.file, HITS, spec.channels,
+                                         pad=spec.pad)
+        start = time.perf_counter()
+        p_real = model.predict(images, batch_size=4096, verbose=0)[:, 1]
+        seen = witness.witness_figures(p_real, labels, meta["kind"])
+        figures["witnesses"][spec.name] = {
+            **seen, "real_data": spec.real_data, "gap_points": witness.gaps(seen, spec),
+            "sha256": facts["sha256"], "seconds": time.perf_counter() - start}
+    return figures
+
+
+def _print_witness(figures: dict) -> None:
+    print(f"witness: {figures['n']} twin stamps, preset {figures['preset']!r}, "
+          f"seed {figures['seed']}")
+    for name, f in figures["witnesses"].items():
+        print(f"{name} witness    {'twin':>8s} {'real set':>9s} {'gap (pts)':>10s}")
+        for key in ("accuracy", "real_recall", "bogus_recall"):
+            print(f"  {key:16s} {f[key]:8.4f} {f['real_data'][key]:9.4f} "
+                  f"{f['gap_points'][key]:+10.2f}")
+        kinds = ", ".join(f"{kind} {v['called_bogus']:.0%}" for kind, v in
+                          f.get("by_kind", {}).items() if kind != "real")
+        print(f"  called bogus, by kind: {kinds}")
+        edges = f["histogram"]["edges"]
+        for cls in ("real", "bogus"):
+            counts = f["histogram"][cls]
+            total = max(sum(counts), 1)
+            print(f"  p(real) of true {cls:5s}: " + " ".join(
+                f"[{lo:.1f},{hi:.1f}) {c / total:.0%}" for lo, hi, c in
+                zip(edges[:-1], edges[1:], counts, strict=True)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -314,9 +367,20 @@ def main(argv: list[str] | None = None) -> None:
     est.add_argument("--seed", type=int, default=0)
     est.add_argument("--stamp-size", type=int, default=21,
                      help="side of the twin's stamps (default 21, HiTS)")
+    wit = sub.add_parser("witness", help="the real-data witnesses' view of the twin")
+    wit.add_argument("--preset", default="hits", choices=sorted(synthetic.PRESETS))
+    wit.add_argument("--n", type=int, default=20_000, help="twin stamps (default 20000)")
+    wit.add_argument("--seed", type=int, default=0)
+    wit.add_argument("--witness-dir", default=DEFAULT_WITNESS_DIR,
+                     help=f"folder of the witness files (default {DEFAULT_WITNESS_DIR})")
     args = parser.parse_args(argv)
 
-    if args.target == "generator":
+    if args.target == "witness":
+        if args.n < 2:
+            parser.error("--n must be at least 2 (one real and one bogus stamp)")
+        figures = bench_witness(args.preset, args.n, args.seed, args.witness_dir)
+        _print_witness(figures)
+    elif args.target == "generator":
         if args.n < 2:
             parser.error("--n must be at least 2 (one real and one bogus stamp)")
         figures = bench_generator(args.n, args.seed, args.preset)
