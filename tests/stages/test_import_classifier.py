@@ -108,6 +108,21 @@ def test_a_savedmodel_takes_class_or_margin_conditions_only(tiny_chain, tmp_path
     result = run_stage("train_estimator", project, env)
     assert "seed_ae" in result.stdout and "registered occlusion-estimator v1" in result.stdout
 
+    # the served pyfunc carries the SavedModel inside its explainer: it needs nothing else
+    import keras
+    import mlflow
+
+    import pipeline.core.models  # noqa: F401  (registers the custom layers)
+
+    shutil.rmtree(path)
+    images, _ = _stamps(project)
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    served = mlflow.pyfunc.load_model("models:/occlusion-estimator/1")
+    explainer = keras.saving.load_model(project / "models" / "estimator.keras")
+    np.testing.assert_allclose(served.predict(images[:4]), explainer.predict(images[:4],
+                                                                             verbose=0),
+                               atol=1e-6)
+
 
 def _lambda_file(tmp_path):
     path = write_legacy_sequential(seed_like_model(), tmp_path / "with_lambda.h5", (21, 21, 1))
