@@ -392,9 +392,12 @@ def _legacy_layer(spec: dict, path: Path) -> keras.layers.Layer:
                                   f"{config['data_format']!r}; only channels_last is supported")
     kwargs = {"name": name}
     for key in LEGACY_LAYERS[kind]:
+        # the key under its Keras 2 name where Keras 3 renamed it (LeakyReLU's alpha)
         source_key = next((old for (cls, old), new in RENAMED_KEYS.items()
                            if cls == kind and new == key and old in config), key)
-        if source_key not in config or config[source_key] is None and key != "max_value":
+        if source_key not in config:
+            continue
+        if config[source_key] is None and key != "max_value":  # None: Keras 3's default
             continue
         value = config[source_key]
         kwargs[key] = _tuples(value) if key in TUPLE_KEYS else value
