@@ -112,11 +112,11 @@ def file_classifier(path: Path, stamps: np.ndarray, channels: tuple[int, ...], p
     import as ``classifier.source: file`` in the pipeline, outputs checked on the first
     stamps."""
     from pipeline.core.geometry import StampGeometry
-    from pipeline.core.models.imported import check_probabilities, import_classifier
+    from pipeline.core.models.imported import import_classifier
 
     model, _ = import_classifier(path, StampGeometry.from_stamps(stamps), channels, pad=pad,
-                                 crop=crop, real_index=real_index, output=output)
-    check_probabilities(model, stamps[:1024], path)
+                                 crop=crop, real_index=real_index, output=output,
+                                 check_on=stamps)
     return model
 
 

@@ -116,13 +116,12 @@ def _import(cfg: ClassifierParams, geometry, val_images):
     on the validation stamps are not probabilities."""
     import time
 
-    from pipeline.core.models.imported import check_probabilities, import_classifier
+    from pipeline.core.models.imported import import_classifier
 
     start = time.perf_counter()
     model, facts = import_classifier(
         cfg.file_path, geometry, cfg.channels, pad=cfg.file_pad, crop=cfg.file_crop,
-        real_index=cfg.file_real_index, output=cfg.file_output)
-    check_probabilities(model, val_images[:1024], cfg.file_path)
+        real_index=cfg.file_real_index, output=cfg.file_output, check_on=val_images)
     facts |= {"name": Path(cfg.file_path).name, "path": cfg.file_path, "pad": cfg.file_pad,
               "crop": cfg.file_crop, "real_index": cfg.file_real_index,
               "output": cfg.file_output, "seconds": time.perf_counter() - start}

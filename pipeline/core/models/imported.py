@@ -477,12 +477,15 @@ def read_savedmodel(path: str | Path,
 
 def import_classifier(path: str | Path, geometry: StampGeometry, channels, *, pad: int = 0,
                       crop: int = 0, real_index: int = 1, output: str = "softmax",
-                      ) -> tuple[keras.Model, dict]:
+                      check_on: np.ndarray | None = None) -> tuple[keras.Model, dict]:
     """(wrapper, facts) for the classifier file at ``path``: the wrapper maps stamps of
     ``geometry`` (B, H, W, C) to (B, 2) probabilities (bogus, real); ``channels`` (names
     or indices of the stamp's channels) are what the file's model sees, in its order;
     ``pad`` zero pixels are added (or ``crop`` cut) on every side to reach its input size;
     ``real_index`` is its output index of the real class, ``output`` its output kind.
+
+    ``check_on`` (N, H, W, C): stamps whose first 1024 the wrapper's outputs must be
+    probabilities on (``check_probabilities``).
 
     facts: {format, sha256, file_input_shape, parameters, opaque}."""
     path = Path(path)
@@ -499,6 +502,8 @@ def import_classifier(path: str | Path, geometry: StampGeometry, channels, *, pa
                   else tuple(int(s) for s in inner.input.shape[1:]))
     _check_fit(path, geometry, indices, file_shape, pad, crop)
     wrapper = _wrap(inner, geometry, indices, pad, crop, real_index, output, path)
+    if check_on is not None:
+        check_probabilities(wrapper, check_on[:1024], path)
     facts = {"format": kind, "sha256": file_sha256(path),
              "file_input_shape": list(file_shape), "parameters": int(wrapper.count_params()),
              "opaque": is_opaque(wrapper)}
