@@ -55,6 +55,14 @@ class GeneratorConfig:
     kernel_error: float = 0.03  # relative std of the PSF-matching kernel width error
     fwhm_median_px: float = 4.8
     fwhm_log_sigma: float = 0.22
+    # Noise excursions: width of each lump, as shares of the PSF sigma (low, high).
+    excursion_width: tuple = (0.35, 0.8)
+    # Bad subtractions of stars: the photometric scale error between the epochs (low,
+    # high) and the science epoch's misregistration in px (low, high).
+    subtraction_scale_error: tuple = (0.02, 0.08)
+    subtraction_shift_px: tuple = (0.15, 0.8)
+    # Trails: share that are thin diffraction spikes rather than PSF-wide trails.
+    spike_share: float = 0.4
     # Shares of each bogus kind with a negative SNR, chosen so that about 30 % of all
     # bogus end up negative, as in the real set.
     negative_share: dict = field(
