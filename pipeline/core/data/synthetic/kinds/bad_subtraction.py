@@ -33,6 +33,7 @@ def render(batch: Batch, idx) -> None:
         peak_sigma = np.exp(rng.normal(np.log(30.0), 1.4, len(s)))
         flux = batch.point_flux(s, peak_sigma)
         # A photometric scaling error between the epochs sets the residual's sign.
-        scale = 1.0 + signs(batch, s, "bad_subtraction") * rng.uniform(*batch.cfg.subtraction_scale_error, len(s))
+        error = rng.uniform(*batch.cfg.subtraction_scale_error, len(s))
+        scale = 1.0 + signs(batch, s, "bad_subtraction") * error
         add_static_point(batch, s, x[star], y[star], flux, evidence=True,
                          science_flux=(flux * scale).astype(np.float32))
