@@ -285,9 +285,10 @@ def _print_estimator(f: dict) -> None:
 DEFAULT_WITNESS_DIR = "../shared/witness"
 
 
-def bench_witness(preset: str, n: int, seed: int, witness_dir: str) -> dict:
+def bench_witness(preset: str, n: int, seed: int, witness_dir: str, gallery=None) -> dict:
     """Each witness's figures (``pipeline.core.witness``) on ``n`` twin stamps of
-    ``preset``, read from ``witness_dir`` through the classifier importer."""
+    ``preset``, read from ``witness_dir`` through the classifier importer; with
+    ``gallery`` (a path), also a PNG of stamps of each kind and what the witnesses say."""
     from pathlib import Path
 
     from pipeline.core import witness
@@ -301,16 +302,59 @@ def bench_witness(preset: str, n: int, seed: int, witness_dir: str) -> dict:
                          "the folder with the classifiers trained on the real set)")
     images, labels, meta = synthetic.make_stamps(n, seed=seed, preset=preset)
     figures = {"preset": preset, "n": n, "seed": seed, "witnesses": {}}
+    p_of = {}
     for spec in witness.WITNESSES:
         model, facts = import_classifier(directory / spec.file, HITS, spec.channels,
                                          pad=spec.pad)
         start = time.perf_counter()
-        p_real = model.predict(images, batch_size=4096, verbose=0)[:, 1]
+        p_real = p_of[spec.name] = model.predict(images, batch_size=4096, verbose=0)[:, 1]
         seen = witness.witness_figures(p_real, labels, meta["kind"])
         figures["witnesses"][spec.name] = {
             **seen, "real_data": spec.real_data, "gap_points": witness.gaps(seen, spec),
             "sha256": facts["sha256"], "seconds": time.perf_counter() - start}
+    if gallery is not None:
+        _witness_gallery(gallery, images, meta["kind"], p_of, preset)
+        figures["gallery"] = str(gallery)
     return figures
+
+
+def _witness_gallery(path, images, kinds, p_of: dict, preset: str, per_kind: int = 6) -> None:
+    """PNG: ``per_kind`` twin stamps of each kind (the SNR-difference channel, as the
+    witnesses see it), each captioned with every witness's p(real); red = called real."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.glue.files import atomic_paths
+
+    names = [kind for kind in synthetic.KINDS if (kinds == kind).any()]
+    fig, axes = plt.subplots(len(names), per_kind, figsize=(1.6 * per_kind, 1.9 * len(names)),
+                             dpi=110, squeeze=False)
+    for row, kind in enumerate(names):
+        chosen = np.flatnonzero(kinds == kind)[:per_kind]
+        for col in range(per_kind):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(chosen):
+                ax.axis("off")
+                continue
+            i = chosen[col]
+            ax.imshow(images[i, :, :, 3], cmap="gray", vmin=0, vmax=1)
+            calls = [f"{name} {p[i]:.2f}" for name, p in p_of.items()]
+            real = [p[i] > 0.5 for p in p_of.values()]
+            ax.set_title("\n".join(calls), fontsize=7,
+                         color="firebrick" if all(real) else
+                         "darkorange" if any(real) else "black")
+            if col == 0:
+                ax.set_ylabel(kind.replace("_", " "), fontsize=8)
+    fig.suptitle(f"twin '{preset}': SNR difference; p(real) of each witness (red: both call "
+                 "it real, orange: one does)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title above the first captions
+    with atomic_paths(path) as (temp,):
+        fig.savefig(temp, format="png")
+    plt.close(fig)
 
 
 def _print_witness(figures: dict) -> None:
@@ -373,12 +417,14 @@ def main(argv: list[str] | None = None) -> None:
     wit.add_argument("--seed", type=int, default=0)
     wit.add_argument("--witness-dir", default=DEFAULT_WITNESS_DIR,
                      help=f"folder of the witness files (default {DEFAULT_WITNESS_DIR})")
+    wit.add_argument("--gallery", metavar="PNG",
+                     help="also write a gallery of twin stamps of each kind with the calls")
     args = parser.parse_args(argv)
 
     if args.target == "witness":
         if args.n < 2:
             parser.error("--n must be at least 2 (one real and one bogus stamp)")
-        figures = bench_witness(args.preset, args.n, args.seed, args.witness_dir)
+        figures = bench_witness(args.preset, args.n, args.seed, args.witness_dir, args.gallery)
         _print_witness(figures)
     elif args.target == "generator":
         if args.n < 2:
