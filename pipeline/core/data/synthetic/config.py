@@ -88,9 +88,11 @@ class GeneratorConfig:
 PRESETS: dict[str, GeneratorConfig] = {
     # As close to the real set as we can make it: a full CNN should pass 98 %.
     "hits": GeneratorConfig(point_like_share=0.01, label_noise=0.001),
-    # The spec's 2 % of point-like bogus and a little label noise: the study's small CNN
-    # lands in the 93-97 % band (it scored 94.6 % on the real set), a deep one above it.
-    "default": GeneratorConfig(point_like_share=0.02, label_noise=0.002, misregistration_px=0.06),
+    # hits made harder for a net trained on the twin: the twin's bogus are cleaner than the
+    # real set's (a twin-trained seed net scores ~97 % on hits-like stamps, the study's
+    # real-trained one 94.6 % on the real set), so more point-like bogus (4 %) and label
+    # noise (0.5 %) bring the study's small CNN into the 93-97 % band, a deep one above it.
+    "default": GeneratorConfig(point_like_share=0.04, label_noise=0.005, misregistration_px=0.06),
     "hard": GeneratorConfig(
         snr_scale=0.65,
         point_like_share=0.04,
