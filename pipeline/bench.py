@@ -10,6 +10,8 @@ Targets:
   estimator   one-pass estimated maps/s (classifier pass included) against exact maps/s
   witness     how the classifiers trained on the REAL HiTS set see the twin, beside how
               they saw the real set (files in ../shared/witness, never in the project)
+  consistency a net of the project's trained on the twin and tested on it, beside what
+              the same kind of net scored on real data (the study's seed net, Deep-HiTS)
 """
 
 from __future__ import annotations
@@ -285,9 +287,10 @@ def _print_estimator(f: dict) -> None:
 DEFAULT_WITNESS_DIR = "../shared/witness"
 
 
-def bench_witness(preset: str, n: int, seed: int, witness_dir: str) -> dict:
+def bench_witness(preset: str, n: int, seed: int, witness_dir: str, gallery=None) -> dict:
     """Each witness's figures (``pipeline.core.witness``) on ``n`` twin stamps of
-    ``preset``, read from ``witness_dir`` through the classifier importer."""
+    ``preset``, read from ``witness_dir`` through the classifier importer; with
+    ``gallery`` (a path), also a PNG of stamps of each kind and what the witnesses say."""
     from pathlib import Path
 
     from pipeline.core import witness
@@ -301,16 +304,59 @@ def bench_witness(preset: str, n: int, seed: int, witness_dir: str) -> dict:
                          "the folder with the classifiers trained on the real set)")
     images, labels, meta = synthetic.make_stamps(n, seed=seed, preset=preset)
     figures = {"preset": preset, "n": n, "seed": seed, "witnesses": {}}
+    p_of = {}
     for spec in witness.WITNESSES:
         model, facts = import_classifier(directory / spec.file, HITS, spec.channels,
                                          pad=spec.pad)
         start = time.perf_counter()
-        p_real = model.predict(images, batch_size=4096, verbose=0)[:, 1]
+        p_real = p_of[spec.name] = model.predict(images, batch_size=4096, verbose=0)[:, 1]
         seen = witness.witness_figures(p_real, labels, meta["kind"])
         figures["witnesses"][spec.name] = {
             **seen, "real_data": spec.real_data, "gap_points": witness.gaps(seen, spec),
             "sha256": facts["sha256"], "seconds": time.perf_counter() - start}
+    if gallery is not None:
+        _witness_gallery(gallery, images, meta["kind"], p_of, preset)
+        figures["gallery"] = str(gallery)
     return figures
+
+
+def _witness_gallery(path, images, kinds, p_of: dict, preset: str, per_kind: int = 6) -> None:
+    """PNG: ``per_kind`` twin stamps of each kind (the SNR-difference channel, as the
+    witnesses see it), each captioned with every witness's p(real); red = called real."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.glue.files import atomic_paths
+
+    names = [kind for kind in synthetic.KINDS if (kinds == kind).any()]
+    fig, axes = plt.subplots(len(names), per_kind, figsize=(1.6 * per_kind, 1.9 * len(names)),
+                             dpi=110, squeeze=False)
+    for row, kind in enumerate(names):
+        chosen = np.flatnonzero(kinds == kind)[:per_kind]
+        for col in range(per_kind):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(chosen):
+                ax.axis("off")
+                continue
+            i = chosen[col]
+            ax.imshow(images[i, :, :, 3], cmap="gray", vmin=0, vmax=1)
+            calls = [f"{name} {p[i]:.2f}" for name, p in p_of.items()]
+            real = [p[i] > 0.5 for p in p_of.values()]
+            ax.set_title("\n".join(calls), fontsize=7,
+                         color="firebrick" if all(real) else
+                         "darkorange" if any(real) else "black")
+            if col == 0:
+                ax.set_ylabel(kind.replace("_", " "), fontsize=8)
+    fig.suptitle(f"twin '{preset}': SNR difference; p(real) of each witness (red: both call "
+                 "it real, orange: one does)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title above the first captions
+    with atomic_paths(path) as (temp,):
+        fig.savefig(temp, format="png")
+    plt.close(fig)
 
 
 def _print_witness(figures: dict) -> None:
@@ -331,6 +377,69 @@ def _print_witness(figures: dict) -> None:
             print(f"  p(real) of true {cls:5s}: " + " ".join(
                 f"[{lo:.1f},{hi:.1f}) {c / total:.0%}" for lo, hi, c in
                 zip(edges[:-1], edges[1:], counts, strict=True)))
+
+
+# What each kind of net scored on REAL data: the study's seed net on the HiTS2013 test
+# split; Deep-HiTS (Cabrera-Vives et al. 2017, ApJ 836, 97) on its own, far larger HiTS
+# set (1.25 million stamps): a reference for the deep net, not the same test.
+REAL_DATA_ACCURACY = {"seed": 0.946, "deephits": 0.9947}
+# The nets as params.yaml trains them (classifier section; deephits as its comment says).
+CONSISTENCY_NETS = {
+    "seed": {"arch": "seed", "channels": (3,)},
+    "deephits": {"arch": "deephits", "channels": (0, 1, 2, 3), "optimizer": "adam",
+                 "learning_rate": 0.001},
+}
+
+
+def bench_consistency(arch: str, preset: str, n: int, seed: int, epochs: int,
+                      patience: int) -> dict:
+    """Train the ``arch`` net of the project on ``n`` twin stamps of ``preset`` (the
+    study's stratified split of them, early stopping on validation loss) and test it on
+    the test split: accuracy, real and bogus recall, the share of each kind it calls
+    bogus, beside the accuracy the same kind of net reached on real data."""
+    from pipeline.core import witness
+    from pipeline.core.classification import classification_figures
+    from pipeline.core.data.split import split_indices
+    from pipeline.core.models.training import fit_classifier
+    from pipeline.core.params import ClassifierParams
+
+    images, labels, meta = synthetic.make_stamps(n, seed=seed, preset=preset)
+    index = split_indices(labels, seed=seed)
+    splits = {name: {"images": images[i], "labels": labels[i]} for name, i in index.items()}
+    cfg = ClassifierParams(**CONSISTENCY_NETS[arch], epochs=epochs, patience=patience,
+                           seed=seed)
+    model, history, seconds = fit_classifier(cfg, splits, StampGeometry.from_stamps(images))
+    test = index["test"]
+    probabilities = model.predict(images[test], batch_size=1024, verbose=0)
+    seen = witness.witness_figures(probabilities[:, 1], labels[test], meta["kind"][test])
+    return {
+        "arch": arch, "preset": preset, "n": n, "seed": seed,
+        "split": {name: int(len(i)) for name, i in index.items()},
+        "epochs_run": len(history["loss"]), "training_seconds": seconds,
+        "parameters": model.count_params(),
+        "accuracy_ceiling": synthetic.accuracy_ceiling(preset),
+        "test": {**seen, **{k: v for k, v in
+                            classification_figures(labels[test], probabilities).items()
+                            if k in ("loss", "roc_auc")}},
+        "real_data_accuracy": REAL_DATA_ACCURACY[arch],
+        "gap_points": 100.0 * (seen["accuracy"] - REAL_DATA_ACCURACY[arch]),
+    }
+
+
+def _print_consistency(f: dict) -> None:
+    test = f["test"]
+    print(f"consistency: {f['arch']} net ({f['parameters']} parameters) trained on "
+          f"{f['split']['train']} twin stamps of preset {f['preset']!r} "
+          f"({f['epochs_run']} epochs, {f['training_seconds']:.0f} s), tested on "
+          f"{f['split']['test']}")
+    print(f"  twin test accuracy {test['accuracy']:.4f} (ceiling {f['accuracy_ceiling']:.4f}), "
+          f"real recall {test['real_recall']:.4f}, bogus recall {test['bogus_recall']:.4f}, "
+          f"ROC AUC {test['roc_auc']:.4f}")
+    print(f"  the same kind of net on real data: {f['real_data_accuracy']:.4f} "
+          f"(gap {f['gap_points']:+.2f} points)")
+    kinds = ", ".join(f"{kind} {v['called_bogus']:.0%}" for kind, v in
+                      test.get("by_kind", {}).items())
+    print(f"  called bogus, by kind: {kinds}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -373,12 +482,29 @@ def main(argv: list[str] | None = None) -> None:
     wit.add_argument("--seed", type=int, default=0)
     wit.add_argument("--witness-dir", default=DEFAULT_WITNESS_DIR,
                      help=f"folder of the witness files (default {DEFAULT_WITNESS_DIR})")
+    wit.add_argument("--gallery", metavar="PNG",
+                     help="also write a gallery of twin stamps of each kind with the calls")
+    con = sub.add_parser("consistency",
+                         help="a net trained and tested on the twin against its real-data score")
+    con.add_argument("--arch", default="seed", choices=sorted(CONSISTENCY_NETS))
+    con.add_argument("--preset", default="hits", choices=sorted(synthetic.PRESETS))
+    con.add_argument("--n", type=int, default=100_000,
+                     help="twin stamps, split 56.25 / 18.75 / 25 %% (default 100000)")
+    con.add_argument("--epochs", type=int, default=100, help="upper bound (default 100)")
+    con.add_argument("--patience", type=int, default=5)
+    con.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    if args.target == "witness":
+    if args.target == "consistency":
+        if args.n < 16 or args.epochs < 1 or args.patience < 0:
+            parser.error("--n must be >= 16, --epochs >= 1 and --patience >= 0")
+        figures = bench_consistency(args.arch, args.preset, args.n, args.seed, args.epochs,
+                                    args.patience)
+        _print_consistency(figures)
+    elif args.target == "witness":
         if args.n < 2:
             parser.error("--n must be at least 2 (one real and one bogus stamp)")
-        figures = bench_witness(args.preset, args.n, args.seed, args.witness_dir)
+        figures = bench_witness(args.preset, args.n, args.seed, args.witness_dir, args.gallery)
         _print_witness(figures)
     elif args.target == "generator":
         if args.n < 2:

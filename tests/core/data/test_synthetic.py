@@ -189,3 +189,38 @@ def test_selecting_channels_equals_slicing_the_full_output():
 def test_bad_stamp_options_raise(options, option):
     with pytest.raises(ValueError, match=option):
         make_stamps(4, **options)
+
+
+def test_cosmic_rays_and_noise_excursions_are_pixel_scale():
+    # Worked out from the kinds' geometry. A cosmic ray (added after PSF matching, never
+    # blurred) is the pixels within 0.55 px of a segment of at most 5 px: an area of
+    # 5 * 1.1 + pi * 0.55**2 = 6.5 px^2, so a dozen pixels at most; the same ray blurred by
+    # even the sharpest seeing (FWHM 3.3 px, sigma 1.40) would spread its 20 %-of-peak
+    # evidence over pi * (1.40 * sqrt(2 ln 5))**2 = 20 px or more.
+    # A noise excursion's three lumps are at most 0.2 PSF sigma wide (x2 stretched): at the
+    # median seeing (sigma 2.04 px) each lump's 20 % contour is an ellipse of semi-axes
+    # <= 1.79 * 0.41 * (2, 1) px, ~3.4 px^2, so ~10 px for the three; a real point source's
+    # is a disc of radius 1.79 * 2.04 = 3.7 px, ~42 px.
+    _, _, meta = make_stamps(3000, seed=11, preset="hits")
+    area = meta["evidence"].sum(axis=(1, 2))
+    kind = meta["kind"]
+    assert area[kind == "cosmic_ray"].max() <= 12
+    assert np.median(area[kind == "noise_excursion"]) <= 10
+    assert np.median(area[kind == "real"]) >= 30
+
+
+def test_bogus_mix_keeps_the_real_sets_negative_share():
+    # 30.5 % of the real set's bogus have a negative SNR (hits-synthetic.md); the mix and
+    # the kinds' negative shares are set to hold it: the expected share is
+    # sum(share_k * negative_k) + 1 * negative_point, worked out from config alone ...
+    from pipeline.core.data.synthetic.config import PRESETS, bogus_shares
+
+    cfg = PRESETS["hits"]
+    shares = bogus_shares(cfg)
+    expected = shares["negative_point"] + sum(
+        shares[kind] * share for kind, share in cfg.negative_share.items())
+    # ... and, measured, the candidate's sign follows (a dipole's larger lobe may flip it)
+    images, labels, meta = make_stamps(6000, seed=12, preset="hits")
+    measured = float((meta["snr"][labels == 0] < 0).mean())
+    assert abs(expected - 0.305) <= 0.05
+    assert abs(measured - 0.305) <= 0.03

@@ -11,7 +11,7 @@ from pipeline.core.data.synthetic.observation import Batch, add_galaxy, add_stat
 def prepare(batch: Batch, idx) -> None:
     """Misregister the science epoch more, and make the matching kernel wrong for half."""
     rng, k = batch.rng, len(idx)
-    shift = rng.uniform(0.15, 0.8, k)
+    shift = rng.uniform(*batch.cfg.subtraction_shift_px, k)
     theta = rng.uniform(0, 2 * np.pi, k)
     batch.misregistration[:, idx] = shift * np.cos(theta), shift * np.sin(theta)
     wrong_kernel = rng.random(k) < 0.5
@@ -33,6 +33,7 @@ def render(batch: Batch, idx) -> None:
         peak_sigma = np.exp(rng.normal(np.log(30.0), 1.4, len(s)))
         flux = batch.point_flux(s, peak_sigma)
         # A photometric scaling error between the epochs sets the residual's sign.
-        scale = 1.0 + signs(batch, s, "bad_subtraction") * rng.uniform(0.02, 0.08, len(s))
+        error = rng.uniform(*batch.cfg.subtraction_scale_error, len(s))
+        scale = 1.0 + signs(batch, s, "bad_subtraction") * error
         add_static_point(batch, s, x[star], y[star], flux, evidence=True,
                          science_flux=(flux * scale).astype(np.float32))

@@ -18,7 +18,7 @@ def render(batch: Batch, idx) -> None:
     psf_sigma = batch.fwhm[:, idx].max(axis=0) * FWHM_TO_SIGMA
     blob = np.zeros((k, batch.canvas_size, batch.canvas_size), np.float32)
     for _lump in range(3):  # irregular: a few offset, elongated lumps
-        width = psf_sigma * rng.uniform(0.35, 0.8, k)
+        width = psf_sigma * rng.uniform(*batch.cfg.excursion_width, k)
         u, v = batch.rotated(x + rng.normal(0, 1.0, k), y + rng.normal(0, 1.0, k),
                              rng.uniform(0, np.pi, k))
         stretch = rng.uniform(1.0, 2.0, k)[:, None, None]

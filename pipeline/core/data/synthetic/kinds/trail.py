@@ -15,7 +15,7 @@ def render(batch: Batch, idx) -> None:
     sign = signs(batch, idx, "trail")
     x, y = subpixel(batch, idx)
     theta = rng.uniform(0, np.pi, k)
-    spike = rng.random(k) < 0.4
+    spike = rng.random(k) < batch.cfg.spike_share
     width = np.where(spike, 0.5, batch.fwhm[SCIENCE, idx] * FWHM_TO_SIGMA)
     _along, v = batch.rotated(x, y, theta)
     line = np.exp(-0.5 * (v / width[:, None, None]) ** 2) / (np.sqrt(2 * np.pi) * width[
