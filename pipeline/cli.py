@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import click
@@ -25,11 +27,12 @@ CLASSIFIER_NAME = "hits-classifier"
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def read_stamps(path: Path) -> dict[str, np.ndarray]:
-    """{"images": (N, H, W, C) float32, finite[, "labels": (N,)]} from an ``.npz`` with
-    ``images`` (never unpickled) or a HiTS pickle (through the restricted unpickler);
-    ``ValueError`` naming ``path`` and the problem otherwise. The shape is checked against
-    the model's when the model is loaded."""
+def read_stamps(path: Path, allow_out_of_range: bool = False) -> dict[str, np.ndarray]:
+    """{"images": (N, H, W, C) float32, finite, in [0, 1] unless ``allow_out_of_range``
+    [, "labels": (N,)]} from an ``.npz`` with ``images`` (never unpickled) or a HiTS
+    pickle (through the restricted unpickler); ``ValueError`` naming ``path`` and the
+    problem otherwise. The shape is checked against the model's when the model is
+    loaded."""
     from pipeline.core.data.hits import HitsDataError, load_hits_pickle
     from pipeline.core.explain import check_stamps
 
@@ -43,8 +46,8 @@ def read_stamps(path: Path) -> dict[str, np.ndarray]:
                 arrays = {"images": npz["images"]}
                 if "labels" in npz.files:
                     arrays["labels"] = npz["labels"]
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{path}: unreadable .npz ({err})") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise ValueError(f"{path}: unreadable .npz, truncated or corrupt ({err})") from None
         except ValueError as err:  # object arrays refused by allow_pickle=False
             if str(err).startswith(str(path)):
                 raise
@@ -59,7 +62,8 @@ def read_stamps(path: Path) -> dict[str, np.ndarray]:
     images = np.asarray(arrays["images"])
     if images.ndim != 4:
         raise ValueError(f"{path}: stamps must have shape (N, H, W, C), got {images.shape}")
-    arrays["images"] = check_stamps(images, images.shape[1:], source=str(path))
+    arrays["images"] = check_stamps(images, images.shape[1:], source=str(path),
+                                    allow_out_of_range=allow_out_of_range)
     if len(arrays["images"]) == 0:
         raise ValueError(f"{path}: holds no stamps")
     return arrays
@@ -70,22 +74,35 @@ def model_uri(name: str, model: str) -> str:
     return f"models:/{name}/{model}" if model.isdigit() else f"models:/{name}@{model}"
 
 
-def estimated_maps(uri: str, stamps: np.ndarray, batch_size: int, source: str) -> np.ndarray:
+def estimated_maps(uri: str, stamps: np.ndarray, batch_size: int, source: str,
+                   allow_out_of_range: bool = False) -> np.ndarray:
     """(N, H, W) maps of the pyfunc estimator at ``uri``, batch by batch with a bar;
-    ``ValueError`` naming ``source`` when the stamps are not of the model's shape."""
+    ``ValueError`` naming ``source`` when the stamps are not of the model's shape, or are
+    allowed outside [0, 1] and the model (registered before the parameter) cannot be
+    told so."""
     import mlflow.pyfunc
     from tqdm import tqdm
+
+    from pipeline.glue.pyfunc import ALLOW_OUT_OF_RANGE
 
     model = mlflow.pyfunc.load_model(uri)
     shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
     if tuple(stamps.shape[1:]) != shape:
         raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the model {uri} "
                          f"explains stamps of shape {shape}")
+    params = None
+    if allow_out_of_range:
+        schema = model.metadata.get_params_schema()
+        if schema is None or ALLOW_OUT_OF_RANGE not in {p.name for p in schema.params}:
+            raise ValueError(f"{source}: the model {uri} was registered before it took "
+                             f"'{ALLOW_OUT_OF_RANGE}' and refuses stamps outside [0, 1]; "
+                             "register a new version (dvc repro) or rescale the stamps")
+        params = {ALLOW_OUT_OF_RANGE: True}
     maps = np.zeros((len(stamps), *shape[:2]), np.float32)
     with tqdm(total=len(stamps), unit="map", desc="estimated maps") as bar:
         for start in range(0, len(stamps), batch_size):
             stop = min(start + batch_size, len(stamps))
-            maps[start:stop] = model.predict(stamps[start:stop])
+            maps[start:stop] = model.predict(stamps[start:stop], params=params)
             bar.update(stop - start)
     return maps
 
@@ -210,10 +227,14 @@ def main():
 @click.option("--output", "output_kind", default="softmax", show_default=True,
               type=click.Choice(["softmax", "sigmoid"]),
               help="With --classifier-file: a softmax pair or one sigmoid unit.")
+@click.option("--allow-out-of-range", is_flag=True,
+              help="Explain stamps with values outside [0, 1] instead of refusing them "
+                   "(the models were trained on min-max normalised stamps: such maps are "
+                   "extrapolations).")
 def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | None,
             png_limit: int, batch_size: int, tracking_uri: str | None,
             classifier_file: Path | None, channels: tuple[int, ...], pad: int, crop: int,
-            real_index: int, output_kind: str):
+            real_index: int, output_kind: str, allow_out_of_range: bool):
     """Compute the occlusion map of every stamp in STAMPS.
 
     STAMPS is an .npz with an array 'images' (N, H, W, C) in [0, 1], the shape the model
@@ -226,7 +247,7 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        arrays = read_stamps(stamps)
+        arrays = read_stamps(stamps, allow_out_of_range)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     images = arrays["images"]
@@ -256,7 +277,8 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
             classifier = registered_classifier(source, images, str(stamps))
             result = exact_maps(classifier, images, occlusion_settings())
         else:
-            result = {"maps": estimated_maps(source, images, batch_size, str(stamps))}
+            result = {"maps": estimated_maps(source, images, batch_size, str(stamps),
+                                             allow_out_of_range)}
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     except MlflowException as err:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from conftest import VENV_BIN
 from pipeline.cli import main
+from pipeline.core.explain import RANGE_TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,8 @@ def test_exact_maps_of_a_hits_pickle_equal_the_engine(stamps_file, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["no images", "NaN", "not stamps", "unknown version"])
+@pytest.mark.parametrize("case", ["no images", "NaN", "not stamps", "unknown version",
+                                  "0-255 stamps", "truncated", "huge array pickle"])
 def test_bad_input_gives_a_clear_error_and_writes_nothing(stamps_file, tmp_path, case):
     path, images, _, _, env = stamps_file
     bad = tmp_path / "bad.npz"
@@ -107,6 +109,23 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(stamps_file, tmp_path,
     elif case == "not stamps":
         bad.write_text("template,science\n1,2\n")
         expected = f"{bad}: corrupt or truncated pickle"
+    elif case == "0-255 stamps":
+        scaled = images * 255.0
+        scaled[:2] = images[:2]  # the first two stamps are fine
+        np.savez(bad, images=scaled)
+        outside = int(((scaled < -RANGE_TOLERANCE) | (scaled > 1 + RANGE_TOLERANCE)).sum())
+        expected = (f"{bad}: {outside} values in 5 of 7 stamps lie outside [0, 1] "
+                    "(first in stamp 2;")
+    elif case == "truncated":
+        whole = path.read_bytes()
+        bad.write_bytes(whole[: len(whole) // 2])
+        expected = f"{bad}: unreadable .npz, truncated or corrupt"
+    elif case == "huge array pickle":
+        # 38 bytes that ask for an uninitialised 80 TB array through the allowed ndarray
+        bad.write_bytes(b"\x80\x02cnumpy\nndarray\nq\x00\x8a\x06\x00\xa0rN\x18\t"
+                        b"\x85q\x01\x85q\x02Rq\x03.")
+        expected = (f"{bad}: unsafe pickle, refused an array of shape (10000000000000,) "
+                    "of 80,000,000,000,000 bytes")
     else:
         bad, args = path, ["--model", "99"]
         expected = "models:/occlusion-estimator/99: cannot load it"
@@ -117,3 +136,21 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(stamps_file, tmp_path,
     # nothing written: no maps, no panels, no temporary leftovers
     assert [p.name for p in tmp_path.iterdir()] == ([bad.name] if bad.parent == tmp_path
                                                     else [])
+
+
+@pytest.mark.slow
+def test_allow_out_of_range_lets_the_model_see_the_stamps_as_they_are(stamps_file, tmp_path):
+    _, images, _, project, env = stamps_file
+    scaled = tmp_path / "scaled.npz"
+    np.savez(scaled, images=images * 3.0)
+    out = tmp_path / "maps.npz"
+    result = _explain(env, scaled, "--out", out, "--allow-out-of-range")
+    assert result.exit_code == 0, result.output
+    import keras
+
+    import pipeline.core.models  # noqa: F401
+
+    explainer = keras.saving.load_model(project / "models" / "estimator.keras", compile=False)
+    with np.load(out, allow_pickle=False) as npz:
+        np.testing.assert_allclose(npz["maps"], explainer.predict(images * 3.0, verbose=0),
+                                   atol=1e-5)

@@ -105,6 +105,7 @@ def test_served_champion_answers_with_the_in_process_maps(server, stamps_and_map
     ("wrong shape", lambda s: {"inputs": s[:, :20].tolist()}, "shape"),
     ("NaN", lambda s: {"inputs": np.where(np.arange(4) == 1, math.nan, s).tolist()}, "NaN"),
     ("non-numeric", lambda s: {"inputs": [[["faint", "bright"]]]}, "float"),
+    ("0-255 stamps", lambda s: {"inputs": (s * 255.0).tolist()}, "outside [0, 1]"),
 ])
 def test_malformed_requests_get_a_4xx_with_a_clear_message(server, stamps_and_maps, case, body,
                                                            expected):
@@ -112,3 +113,21 @@ def test_malformed_requests_get_a_4xx_with_a_clear_message(server, stamps_and_ma
     status, answer = _post(f"{server}/invocations", json.dumps(body(stamps)).encode())
     assert 400 <= status < 500, (case, status, answer)
     assert expected in answer.get("message", ""), (case, answer)
+
+
+@pytest.mark.slow
+def test_out_of_range_stamps_pass_when_the_request_allows_them(server, stamps_and_maps,
+                                                               tiny_champion):
+    import keras
+
+    stamps, _ = stamps_and_maps
+    scaled = stamps * 3.0
+    body = {"inputs": scaled.tolist(), "params": {"allow_out_of_range": True}}
+    status, answer = _post(f"{server}/invocations", json.dumps(body).encode())
+    assert status == 200, answer
+    explainer = keras.saving.load_model(tiny_champion[0] / "models" / "estimator.keras",
+                                        compile=False)
+    np.testing.assert_allclose(np.asarray(answer["predictions"], np.float32),
+                               explainer.predict(scaled, verbose=0), atol=1e-5)
+    refused, _ = _post(f"{server}/invocations", json.dumps({"inputs": scaled.tolist()}).encode())
+    assert 400 <= refused < 500

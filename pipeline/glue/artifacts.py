@@ -9,6 +9,7 @@ written here once) say so.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,12 @@ def load_split(path: str | Path, keys: tuple[str, ...],
             if missing:
                 raise ValueError(f"{path}: missing array(s) {missing}; found {npz.files}")
             arrays = {k: npz[k] for k in (*keys, *optional) if k in npz.files}
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: unreadable .npz ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path}: unreadable .npz, truncated or corrupt ({err})") from None
+    except ValueError as err:  # not an .npz (numpy: "pickled data"), or our missing keys
+        if str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not a plain .npz ({err})") from None
     if "images" in arrays and not np.isfinite(arrays["images"]).all():
         raise ValueError(f"{path}: images hold NaN or infinite values")
     return arrays
@@ -72,8 +77,8 @@ def stamp_geometry(prepared_dir: str | Path, name: str = "train") -> StampGeomet
                                else np.lib.format.read_array_header_2_0)
                 shape = read_header(member)[0]
         return StampGeometry.from_stamps(np.empty((0, *shape[1:])), channels)
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: unreadable .npz ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path}: unreadable .npz, truncated or corrupt ({err})") from None
     except ValueError as err:
         raise ValueError(err.args[0] if str(err).startswith(str(path))
                          else f"{path}: {err}") from None

@@ -45,8 +45,13 @@ def main() -> None:
         summary["calibration"] = (stats.calibration_figures(images, labels, meta)
                                   if StampGeometry(size, size, channels) == HITS else None)
 
-    indices = split_indices(labels, seed=data.seed, test_fraction=data.test_fraction,
-                            val_fraction=data.val_fraction)
+    source = data.hits_path if data.source == "hits" else \
+        f"the synthetic twin (data.synthetic.n = {data.synthetic_n})"
+    try:
+        indices = split_indices(labels, seed=data.seed, test_fraction=data.test_fraction,
+                                val_fraction=data.val_fraction)
+    except ValueError as err:  # nothing written yet: the old prepared data stay
+        raise ValueError(f"{source}: {err}") from None
     out_dir = Path(paths.prepared_dir)
     targets = [out_dir / f"{name}.npz" for name in SPLITS]
     with atomic_paths(*targets) as temps:

@@ -114,6 +114,28 @@ def test_hostile_pickle_fails_cleanly_and_writes_nothing(tmp_path, repo_root, ve
     assert not (project / "metrics").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("labels, message", [
+    (np.ones(40, int), "all 40 stamps are of class 1: the split needs stamps of both classes"),
+    (np.array([0, 1] * 3), "6 stamps (3 of class 0, 3 of class 1) are too few for the split"),
+])
+def test_a_set_the_split_cannot_use_fails_naming_the_file_and_keeps_the_old_data(
+        tmp_path, repo_root, venv_env, labels, message):
+    project = _project(tmp_path, repo_root, source="hits", **{"hits.path": "data/raw/h.pkl"})
+    rng = np.random.default_rng(2)
+    (project / "data" / "raw" / "h.pkl").write_bytes(pickle.dumps(
+        {"images": rng.random((len(labels), 21, 21, 4)), "labels": labels}))
+    earlier = project / "data" / "prepared" / "train.npz"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"the previous run's data")
+    result = _run_prepare(project, venv_env)
+    assert result.returncode == 1
+    assert f"data/raw/h.pkl: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert earlier.read_bytes() == b"the previous run's data"
+    assert sorted(p.name for p in earlier.parent.iterdir()) == ["train.npz"]
+
+
 def _copy_repo(repo_root: Path, destination: Path) -> None:
     """The repository's working tree as git sees it (tracked and untracked, not ignored)."""
     listed = subprocess.run(

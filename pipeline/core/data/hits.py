@@ -34,6 +34,9 @@ _ALLOWED_GLOBALS = {
     # Python 3 writes bytes as _codecs.encode(text, "latin1") in protocols < 3.
     ("_codecs", "encode"): codecs.encode,
     ("collections", "OrderedDict"): collections.OrderedDict,
+    # Python 3 writes b"" as bytes() in protocols < 3 (bounded by the unpickler).
+    ("builtins", "bytes"): bytes,
+    ("__builtin__", "bytes"): bytes,
 }
 
 
@@ -42,28 +45,83 @@ class HitsDataError(ValueError):
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that admits only numpy array reconstruction and plain containers."""
+    """An unpickler that admits only numpy array reconstruction and plain containers.
+
+    ``max_bytes``: no array or bytes object it builds may be larger (the data of a plain
+    pickle is inside it, so the file's size bounds every honest array; a 39-byte pickle
+    asking for ``numpy.ndarray((10**13,))`` is refused instead of allocated)."""
+
+    def __init__(self, file, *, max_bytes: int, **kwargs):
+        super().__init__(file, **kwargs)
+        self.max_bytes = max_bytes
 
     def find_class(self, module: str, name: str):
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            found = _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
                 f"refused to load global {module}.{name}: only numpy arrays and plain "
                 "containers are allowed"
             ) from None
+        if found is np.ndarray:
+            return self._bounded_ndarray
+        if found is _reconstruct:
+            return self._bounded_reconstruct
+        if found is bytes:
+            return self._bounded_bytes
+        return found
+
+    def _refuse_beyond(self, nbytes: int, what: str) -> None:
+        if nbytes > self.max_bytes:
+            raise pickle.UnpicklingError(
+                f"refused {what} of {nbytes:,} bytes: larger than the whole pickle "
+                f"({self.max_bytes:,} bytes) could hold")
+
+    def _bounded_ndarray(self, shape, dtype=float, *args, **kwargs):
+        self._refuse_beyond(_array_bytes(shape, dtype), f"an array of shape {shape}")
+        return np.ndarray(shape, dtype, *args, **kwargs)
+
+    def _bounded_reconstruct(self, subtype, shape, dtype):
+        # numpy pickles name ndarray as _reconstruct's subtype: ours stands for it
+        if subtype == self._bounded_ndarray:
+            subtype = np.ndarray
+        self._refuse_beyond(_array_bytes(shape, dtype), f"an array of shape {shape}")
+        return _reconstruct(subtype, shape, dtype)
+
+    def _bounded_bytes(self, *args):
+        # bytes(n) allocates n zero bytes; Python 3 pickles b"" as bytes() in protocols < 3
+        if args and isinstance(args[0], int):
+            self._refuse_beyond(args[0], "a bytes object")
+        return bytes(*args)
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("refused persistent id: not a plain data pickle")
 
 
-def safe_loads(payload: bytes) -> object:
-    """Unpickle ``payload`` with ``RestrictedUnpickler``, trying Python 3 then Python 2
-    (latin1) string decoding. Raises ``pickle.UnpicklingError`` on refused content."""
+def _array_bytes(shape, dtype) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` would take; huge for nonsense shapes."""
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
     try:
-        return RestrictedUnpickler(io.BytesIO(payload)).load()
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:
+        raise pickle.UnpicklingError(f"refused an array of dtype {dtype!r}") from None
+    count = 1
+    for dim in dims:
+        if not isinstance(dim, (int, np.integer)) or dim < 0:
+            raise pickle.UnpicklingError(f"refused an array of shape {shape!r}")
+        count *= int(dim)
+    return count * max(itemsize, 1)
+
+
+def safe_loads(payload: bytes) -> object:
+    """Unpickle ``payload`` with ``RestrictedUnpickler`` (no array larger than the payload),
+    trying Python 3 then Python 2 (latin1) string decoding. Raises
+    ``pickle.UnpicklingError`` on refused content."""
+    bound = {"max_bytes": len(payload)}
+    try:
+        return RestrictedUnpickler(io.BytesIO(payload), **bound).load()
     except UnicodeDecodeError:
-        return RestrictedUnpickler(io.BytesIO(payload), encoding="latin1").load()
+        return RestrictedUnpickler(io.BytesIO(payload), encoding="latin1", **bound).load()
 
 
 def load_hits_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

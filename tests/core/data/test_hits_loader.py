@@ -167,3 +167,40 @@ def test_not_a_dict(tmp_path):
     path = _write(tmp_path / "list.pkl", [1, 2, 3])
     with pytest.raises(HitsDataError, match="expected a dict"):
         load_hits_pickle(path)
+
+
+class _AsksForAHugeArray:
+    """Pickles as a call of the allowed numpy.ndarray with a shape of 80 TB of float64."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((10**13,),))
+
+
+class _ReconstructsAHugeArray:
+    """Pickles as numpy's own _reconstruct(ndarray, shape, dtype) with a 10 TB shape."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+        return (_reconstruct, (np.ndarray, (10**13,), "u1"))
+
+
+@pytest.mark.parametrize("hostile, nbytes", [(_AsksForAHugeArray(), "80,000,000,000,000"),
+                                             (_ReconstructsAHugeArray(), "10,000,000,000,000")])
+def test_arrays_larger_than_the_file_are_refused_not_allocated(tmp_path, hostile, nbytes):
+    path = tmp_path / "huge.pkl"
+    path.write_bytes(pickle.dumps({"images": hostile, "labels": np.zeros(1)}, protocol=2))
+    assert path.stat().st_size < 400
+    with pytest.raises(HitsDataError, match=rf"{path}: unsafe pickle, refused an array of "
+                                            rf"shape \(10000000000000,\) of {nbytes} bytes"):
+        load_hits_pickle(path)
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_an_empty_set_in_old_protocols_is_reported_as_empty(tmp_path, protocol):
+    # Python 3 writes the empty arrays' b"" data as bytes() below protocol 3
+    images, labels = _stamps()
+    path = tmp_path / "empty.pkl"
+    path.write_bytes(pickle.dumps({"images": images[:0], "labels": labels[:0]},
+                                  protocol=protocol))
+    with pytest.raises(HitsDataError, match=f"{path}: the file holds no stamps"):
+        load_hits_pickle(path)
