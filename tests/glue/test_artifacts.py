@@ -3,12 +3,15 @@ stale-maps checks, each naming the file."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
 from pipeline.glue.artifacts import (
     check_maps_explain_predictions,
     load_maps,
+    load_split,
     stamp_geometry,
 )
 
@@ -49,3 +52,20 @@ def test_stale_maps_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"test.npz: 33.3% of the maps explain another class"):
         check_maps_explain_predictions(tmp_path, "test", np.array([0, 1, 1]),
                                        np.array([0, 1, 0]))
+
+
+def test_a_broken_split_file_gets_one_line_naming_it(tmp_path):
+    path = tmp_path / "train.npz"
+    np.savez(path, images=np.random.default_rng(0).random((4, 5, 5, 1)), labels=np.arange(4))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=f"^{path}: unreadable .npz, truncated or corrupt"):
+        load_split(path, ("images", "labels"))
+    corrupt = bytearray(whole)
+    corrupt[200:260] = bytes(60)  # inside images.npy's data: its CRC no longer matches
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(ValueError, match=f"^{path}: unreadable .npz, truncated or corrupt"):
+        load_split(path, ("images", "labels"))
+    path.write_bytes(pickle.dumps({"images": np.zeros(3)}))
+    with pytest.raises(ValueError, match=f"^{path}: not a plain .npz"):
+        load_split(path, ("images", "labels"))
