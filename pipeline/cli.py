@@ -263,6 +263,11 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     from pipeline.glue.files import atomic_paths, save_npz
 
     uri = tracking_uri or tracking.tracking_uri()
+    if classifier_file is None:  # the registry is read: it must be there
+        try:
+            tracking.check_store(uri, must_exist=True)
+        except tracking.StoreUnavailable as err:
+            raise click.ClickException(str(err)) from None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = CLASSIFIER_NAME if exact else ESTIMATOR_NAME

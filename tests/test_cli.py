@@ -154,3 +154,24 @@ def test_allow_out_of_range_lets_the_model_see_the_stamps_as_they_are(stamps_fil
     with np.load(out, allow_pickle=False) as npz:
         np.testing.assert_allclose(npz["maps"], explainer.predict(images * 3.0, verbose=0),
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize("store", ["missing sqlite", "unreachable server"])
+def test_a_store_that_is_not_there_fails_in_one_line_and_is_not_created(tmp_path, store):
+    import socket
+
+    stamps = tmp_path / "stamps.npz"
+    np.savez(stamps, images=np.random.default_rng(0).random((2, 21, 21, 4)))
+    if store == "missing sqlite":
+        uri = f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"
+        expected = f"{uri}: no MLflow store there"
+    else:
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        expected = f"{uri}: no MLflow tracking server answers"
+    result = CliRunner().invoke(main, ["explain", str(stamps), "--out", str(tmp_path / "m.npz"),
+                                       "--tracking-uri", uri])
+    assert result.exit_code == 1, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stamps.npz"]

@@ -56,6 +56,53 @@ def tracking_uri(root: str | Path | None = None) -> str:
         root or project_root())
 
 
+# How long a tracking server may take to answer its health check before the command
+# gives up: MLflow's own client retries an unreachable server for ~4 minutes.
+REACH_TIMEOUT_S = 5.0
+
+
+class StoreUnavailable(ValueError):
+    """The tracking store named by a URI cannot be reached, or (for a reader) is absent."""
+
+
+def check_store(uri: str, *, must_exist: bool = False, timeout: float = REACH_TIMEOUT_S):
+    """Fail fast, in one line naming ``uri``: an ``http(s)`` tracking server that does not
+    answer its ``/health`` within ``timeout`` s; with ``must_exist`` (commands that only
+    read a store), a ``sqlite:///`` database or ``file:`` / plain store path that does not
+    exist (MLflow would create an empty one)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout) as answer:  # noqa: S310
+                if answer.status != 200:
+                    raise StoreUnavailable(f"{uri}: the tracking server answered its health "
+                                           f"check with HTTP {answer.status}")
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise StoreUnavailable(f"{uri}: no MLflow tracking server answers ({reason}); "
+                                   "start it or point MLFLOW_TRACKING_URI elsewhere") from None
+        return
+    if not must_exist:
+        return
+    if parsed.scheme == "sqlite":
+        database = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        path = Path("/" + database.lstrip("/")) if uri.startswith("sqlite:////") else \
+            Path(database)
+        if database and database != ":memory:" and not path.is_file():
+            raise StoreUnavailable(f"{uri}: no MLflow store there ({path} does not exist); "
+                                   "run dvc repro to make one, or name the right store")
+    elif parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri)
+        if not path.exists():
+            raise StoreUnavailable(f"{uri}: no MLflow store there ({path} does not exist); "
+                                   "run dvc repro to make one, or name the right store")
+
+
 def configure(root: str | Path | None = None, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the project's store and experiment; returns the experiment id.
 
@@ -67,6 +114,7 @@ def configure(root: str | Path | None = None, experiment: str = EXPERIMENT) -> s
 
     root = Path(root or project_root())
     uri = tracking_uri(root)
+    check_store(uri)
     # Not "is MLFLOW_TRACKING_URI set": mlflow.set_tracking_uri sets it for child processes.
     embedded = uri == default_tracking_uri(root)
     if embedded:

@@ -68,3 +68,64 @@ def test_a_run_is_logged_with_commit_tag_and_params(tmp_path, monkeypatch):
     experiment = client.get_experiment(logged.info.experiment_id)
     assert experiment.name == tracking.EXPERIMENT
     assert experiment.artifact_location == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_server_fails_at_once_naming_it(monkeypatch, tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    with pytest.raises(tracking.StoreUnavailable, match=f"^{uri}: no MLflow tracking server "
+                                                        "answers"):
+        tracking.check_store(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(tracking.StoreUnavailable, match=uri):
+        tracking.configure(tmp_path)  # what every tracking stage calls first
+
+
+def test_a_reader_refuses_a_store_that_does_not_exist_and_creates_none(tmp_path):
+    missing = tmp_path / "typo" / "mlflow.db"
+    for uri in (f"sqlite:///{missing}", str(tmp_path / "no-store"),
+                (tmp_path / "no-store").as_uri()):
+        with pytest.raises(tracking.StoreUnavailable, match="does not exist"):
+            tracking.check_store(uri, must_exist=True)
+        tracking.check_store(uri)  # a writer may create it
+    assert list(tmp_path.iterdir()) == []
+    missing.parent.mkdir()
+    missing.write_bytes(b"")
+    tracking.check_store(f"sqlite:///{missing}", must_exist=True)
+
+
+@pytest.mark.slow
+def test_a_running_tracking_server_passes_the_check(tmp_path, venv_env):
+    import time
+    import urllib.request
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+        env=venv_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        tracking.check_store(uri, must_exist=True)
+    finally:
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
