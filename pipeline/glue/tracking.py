@@ -90,9 +90,9 @@ def check_store(uri: str, *, must_exist: bool = False, timeout: float = REACH_TI
     if not must_exist:
         return
     if parsed.scheme == "sqlite":
+        # sqlite:///relative/path, sqlite:////absolute/path
         database = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        path = Path("/" + database.lstrip("/")) if uri.startswith("sqlite:////") else \
-            Path(database)
+        path = Path(database)
         if database and database != ":memory:" and not path.is_file():
             raise StoreUnavailable(f"{uri}: no MLflow store there ({path} does not exist); "
                                    "run dvc repro to make one, or name the right store")

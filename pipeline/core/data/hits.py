@@ -48,7 +48,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that admits only numpy array reconstruction and plain containers.
 
     ``max_bytes``: no array or bytes object it builds may be larger (the data of a plain
-    pickle is inside it, so the file's size bounds every honest array; a 39-byte pickle
+    pickle is inside it, so the file's size bounds every honest array; a 38-byte pickle
     asking for ``numpy.ndarray((10**13,))`` is refused instead of allocated)."""
 
     def __init__(self, file, *, max_bytes: int, **kwargs):
