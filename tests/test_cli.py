@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from conftest import VENV_BIN
 from pipeline.cli import main
-from pipeline.core.explain import RANGE_TOLERANCE
+from pipeline.core.geometry import RANGE_TOLERANCE
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.geometry import StampGeometry
+from pipeline.core.geometry import StampGeometry, check_unit_range
 
 
 def model_geometry(model) -> StampGeometry:
@@ -16,17 +16,12 @@ def model_geometry(model) -> StampGeometry:
     return StampGeometry.from_input_shape(model.input.shape)
 
 
-# Stamps are per-stamp min-max normalised: values beyond [0, 1] by more than float
-# rounding are another scaling (0-255 images, raw ADU) whose maps would be meaningless.
-RANGE_TOLERANCE = 1e-5
-
-
 def check_stamps(stamps, shape: tuple[int, int, int], source: str = "input",
                  allow_out_of_range: bool = False) -> np.ndarray:
     """``stamps`` as a float32 (N, H, W, C) array of ``shape`` (H, W, C); ``ValueError``
     naming ``source`` and the problem when it has another shape, is not numeric, holds
     NaN/inf, or (unless ``allow_out_of_range``) values outside [0, 1] by more than
-    ``RANGE_TOLERANCE``."""
+    ``geometry.RANGE_TOLERANCE``."""
     try:
         array = np.asarray(stamps)
     except (ValueError, TypeError) as err:
@@ -43,21 +38,6 @@ def check_stamps(stamps, shape: tuple[int, int, int], source: str = "input",
     if not allow_out_of_range:
         check_unit_range(array, source)
     return array
-
-
-def check_unit_range(array: np.ndarray, source: str) -> None:
-    """``ValueError`` naming ``source``, how many values and stamps and where the first
-    is, when ``array`` (N, ...) finite holds values outside [0, 1] beyond rounding."""
-    outside = (array < -RANGE_TOLERANCE) | (array > 1.0 + RANGE_TOLERANCE)
-    if not outside.any():
-        return
-    per_stamp = outside.reshape(len(array), -1).any(axis=1)
-    first = int(np.flatnonzero(per_stamp)[0])
-    raise ValueError(
-        f"{source}: {int(outside.sum())} values in {int(per_stamp.sum())} of {len(array)} "
-        f"stamps lie outside [0, 1] (first in stamp {first}; values range "
-        f"[{float(array.min()):.6g}, {float(array.max()):.6g}]): stamps must be min-max "
-        "normalised per stamp and channel, as HiTS2013's are")
 
 
 def engine_for(classifier, occlusion):

@@ -1,4 +1,5 @@
-"""The stamp geometry, defined once: height, width, channel names and class names.
+"""The stamp geometry, defined once: height, width, channel names, class names and the [0, 1]
+range of the values.
 
 Every shape in the project follows from one ``StampGeometry``: model inputs
 (height, width, channels), map shapes (height, width), decoders' grid sizes, plots'
@@ -104,3 +105,23 @@ class StampGeometry:
 
 
 HITS = StampGeometry()
+
+
+# Stamps are per-stamp min-max normalised: values beyond [0, 1] by more than float
+# rounding are another scaling (0-255 images, raw ADU) whose maps would be meaningless.
+RANGE_TOLERANCE = 1e-5
+
+
+def check_unit_range(array: np.ndarray, source: str) -> None:
+    """``ValueError`` naming ``source``, how many values and stamps and where the first
+    is, when ``array`` (N, ...) finite holds values outside [0, 1] beyond rounding."""
+    outside = (array < -RANGE_TOLERANCE) | (array > 1.0 + RANGE_TOLERANCE)
+    if not outside.any():
+        return
+    per_stamp = outside.reshape(len(array), -1).any(axis=1)
+    first = int(np.flatnonzero(per_stamp)[0])
+    raise ValueError(
+        f"{source}: {int(outside.sum())} values in {int(per_stamp.sum())} of {len(array)} "
+        f"stamps lie outside [0, 1] (first in stamp {first}; values range "
+        f"[{float(array.min()):.6g}, {float(array.max()):.6g}]): stamps must be min-max "
+        "normalised per stamp and channel, as HiTS2013's are")

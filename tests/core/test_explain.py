@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.core.explain import RANGE_TOLERANCE, check_stamps
+from pipeline.core.explain import check_stamps
+from pipeline.core.geometry import RANGE_TOLERANCE
 
 
 def _stamps(n=3):

@@ -19,7 +19,7 @@ import numpy as np
 from numpy._core.multiarray import _reconstruct, scalar
 from numpy._core.numeric import _frombuffer
 
-from pipeline.core.geometry import HITS
+from pipeline.core.geometry import HITS, check_unit_range
 
 # Exactly what numpy array pickles (protocols 0-5, Python 2 and 3, numpy 1 and 2) refer to.
 _ALLOWED_GLOBALS = {
@@ -190,12 +190,10 @@ def validate_stamps(obj: object, *, source: str) -> tuple[np.ndarray, np.ndarray
             f"{source}: images hold {int((~finite).sum())} non-finite values (NaN or inf), "
             f"first in stamp {bad}"
         )
-    lo, hi = float(images.min()), float(images.max())
-    if lo < 0.0 or hi > 1.0:
-        raise HitsDataError(
-            f"{source}: image values must lie in [0, 1] (per-stamp min-max normalised), "
-            f"found range [{lo:.6g}, {hi:.6g}]"
-        )
+    try:
+        check_unit_range(images, source)
+    except ValueError as err:
+        raise HitsDataError(str(err)) from None
     if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
             or labels.dtype == bool):
         raise HitsDataError(f"{source}: labels must be numeric, got dtype {labels.dtype}")
