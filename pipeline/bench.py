@@ -380,8 +380,8 @@ def _print_witness(figures: dict) -> None:
 
 
 # What each kind of net scored on REAL data: the study's seed net on the HiTS2013 test
-# split; Deep-HiTS (Cabrera-Vives et al. 2017, ApJ 836, 97) on its own, far larger HiTS
-# set (1.25 million stamps): a reference for the deep net, not the same test.
+# split; Deep-HiTS (Cabrera-Vives et al. 2017) on its own, far larger set of HiTS
+# stamps: a reference for the deep net, not the same test.
 REAL_DATA_ACCURACY = {"seed": 0.946, "deephits": 0.9947}
 # The nets as params.yaml trains them (classifier section; deephits as its comment says).
 CONSISTENCY_NETS = {
