@@ -3,6 +3,7 @@
     occmap explain STAMPS --out MAPS.npz [--exact] [--model champion|VERSION] [--png DIR]
     occmap explain STAMPS --out MAPS.npz --exact --classifier-file PATH [--channels 3]
                    [--pad 3] [--real-index 1] [--output softmax|sigmoid]
+    occmap serve [--model champion|VERSION] [--port 5001] [--max-stamps 1000]
 
 Thin glue: stamps are read and checked here, the maps come from the registered
 ``occlusion-estimator`` (one forward pass) or from the exact engine on the registered
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import click
 import numpy as np
+
+from pipeline.glue.serving import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STAMPS
 
 ESTIMATOR_NAME = "occlusion-estimator"
 CLASSIFIER_NAME = "hits-classifier"
@@ -74,37 +77,29 @@ def model_uri(name: str, model: str) -> str:
     return f"models:/{name}/{model}" if model.isdigit() else f"models:/{name}@{model}"
 
 
-def estimated_maps(uri: str, stamps: np.ndarray, batch_size: int, source: str,
-                   allow_out_of_range: bool = False) -> np.ndarray:
-    """(N, H, W) maps of the pyfunc estimator at ``uri``, batch by batch with a bar;
-    ``ValueError`` naming ``source`` when the stamps are not of the model's shape, or are
-    allowed outside [0, 1] and the model (registered before the parameter) cannot be
-    told so."""
-    import mlflow.pyfunc
+def estimated_maps(model: str, stamps: np.ndarray, batch_size: int, source: str,
+                   allow_out_of_range: bool = False) -> tuple[np.ndarray, str]:
+    """((N, H, W) maps, ``models:/`` URI of the version used) of version or alias
+    ``model`` of the registered estimator, batch by batch with a bar; only the version's
+    Keras file is read (no code from the store runs). ``ValueError`` naming ``source``
+    when the stamps are not of the model's shape or are refused, or when the version is
+    incomplete."""
     from tqdm import tqdm
 
-    from pipeline.glue.pyfunc import ALLOW_OUT_OF_RANGE
+    from pipeline.glue.pyfunc import load_registered_explainer
 
-    model = mlflow.pyfunc.load_model(uri)
-    shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
-    if tuple(stamps.shape[1:]) != shape:
+    estimator, version = load_registered_explainer(ESTIMATOR_NAME, model)
+    uri = f"models:/{ESTIMATOR_NAME}/{version.version}"
+    if tuple(stamps.shape[1:]) != estimator.shape:
         raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the model {uri} "
-                         f"explains stamps of shape {shape}")
-    params = None
-    if allow_out_of_range:
-        schema = model.metadata.get_params_schema()
-        if schema is None or ALLOW_OUT_OF_RANGE not in {p.name for p in schema.params}:
-            raise ValueError(f"{source}: the model {uri} was registered before it took "
-                             f"'{ALLOW_OUT_OF_RANGE}' and refuses stamps outside [0, 1]; "
-                             "register a new version (dvc repro) or rescale the stamps")
-        params = {ALLOW_OUT_OF_RANGE: True}
-    maps = np.zeros((len(stamps), *shape[:2]), np.float32)
+                         f"explains stamps of shape {estimator.shape}")
+    maps = np.zeros((len(stamps), *estimator.shape[:2]), np.float32)
     with tqdm(total=len(stamps), unit="map", desc="estimated maps") as bar:
         for start in range(0, len(stamps), batch_size):
             stop = min(start + batch_size, len(stamps))
-            maps[start:stop] = model.predict(stamps[start:stop], params=params)
+            maps[start:stop] = estimator.maps(stamps[start:stop], allow_out_of_range, source)
             bar.update(stop - start)
-    return maps
+    return maps, uri
 
 
 def registered_classifier(uri: str, stamps: np.ndarray, source: str):
@@ -114,8 +109,14 @@ def registered_classifier(uri: str, stamps: np.ndarray, source: str):
 
     import pipeline.core.models  # noqa: F401  (registers the custom layers)
     from pipeline.core.explain import model_geometry
+    from pipeline.glue.registry import check_complete
 
-    classifier = mlflow.tensorflow.load_model(uri)
+    name, _, model = uri[len("models:/"):].replace("@", "/").partition("/")
+    client = mlflow.MlflowClient()
+    version = (client.get_model_version(name, model) if model.isdigit()
+               else client.get_model_version_by_alias(name, model))
+    check_complete(client, version, uri)
+    classifier = mlflow.tensorflow.load_model(f"models:/{name}/{version.version}")
     shape = model_geometry(classifier).shape
     if tuple(stamps.shape[1:]) != shape:
         raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the classifier {uri} "
@@ -282,8 +283,9 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
             classifier = registered_classifier(source, images, str(stamps))
             result = exact_maps(classifier, images, occlusion_settings())
         else:
-            result = {"maps": estimated_maps(source, images, batch_size, str(stamps),
-                                             allow_out_of_range)}
+            maps, _ = estimated_maps(model, images, batch_size, str(stamps),
+                                     allow_out_of_range)
+            result = {"maps": maps}
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     except MlflowException as err:
@@ -306,6 +308,61 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
             write_panels(png_dir, images, result["maps"], captions)
     click.echo(f"occmap: {len(images)} {'exact' if exact else 'estimated'} maps from "
                f"{source} -> {out}" + (f" (+ PNGs in {png_dir})" if png_dir else ""))
+
+
+@main.command()
+@click.option("--model", default="champion", show_default=True, metavar="ALIAS|VERSION",
+              help=f"Which registered version of {ESTIMATOR_NAME}: an alias or a number.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (the default answers this machine only).")
+@click.option("--port", default=5001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--max-stamps", default=DEFAULT_MAX_STAMPS,
+              show_default=True, type=click.IntRange(min=1),
+              help="Most stamps in one request; more get HTTP 413.")
+@click.option("--max-request-mb", default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
+              show_default=True, type=click.FloatRange(min=0.001),
+              help="Largest request body in MiB; larger get HTTP 413 before being read.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+              help="MLflow tracking/registry URI [default: the project's store; env: "
+                   "MLFLOW_TRACKING_URI].")
+def serve(model: str, host: str, port: int, max_stamps: int, max_request_mb: float,
+          tracking_uri: str | None):
+    """Serve the registered estimator over REST, with bounded requests.
+
+    POST /invocations with {"inputs": stamps} (MLflow's protocol; optional "params":
+    {"allow_out_of_range": true}) returns {"predictions": maps}. Only the version's Keras
+    file is read from the store. Errors give the reason, never the request's data.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    import uvicorn
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.glue import serving, tracking
+    from pipeline.glue.pyfunc import load_registered_explainer
+
+    uri = tracking_uri or tracking.tracking_uri()
+    try:
+        tracking.check_store(uri, must_exist=True)
+    except tracking.StoreUnavailable as err:
+        raise click.ClickException(str(err)) from None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    source = model_uri(ESTIMATOR_NAME, model)
+    try:
+        estimator, version = load_registered_explainer(ESTIMATOR_NAME, model)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    except MlflowException as err:
+        raise click.ClickException(
+            f"{source}: cannot load it from {uri} ({err.message.splitlines()[0]}); "
+            "run dvc repro to train and promote a model, or pick another --model") from None
+    pinned = f"models:/{ESTIMATOR_NAME}/{version.version}"
+    app = serving.make_app(estimator, pinned, max_stamps, int(max_request_mb * 2**20))
+    click.echo(f"occmap serve: {source} ({pinned}) on http://{host}:{port}, at most "
+               f"{max_stamps} stamps / {max_request_mb:g} MiB per request")
+    uvicorn.run(app, host=host, port=port, log_level="warning", workers=1)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,19 @@ def _restore_mlflow_uri_variable():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+def copy_repo(repo_root: Path, destination: Path) -> None:
+    """The repository's working tree as git sees it (tracked and untracked, not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo_root, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = repo_root / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
 
 
 def run_stage(stage, cwd, env, *args, check=True):

@@ -1,5 +1,6 @@
-"""`mlflow models serve` on the champion estimator: maps over REST, and clear 4xx answers to
-malformed requests. The server binds 127.0.0.1 on a free port and is stopped by its PID."""
+"""The champion estimator over REST: `mlflow models serve` (MLflow's generic server) and
+`occmap serve` (bounded requests, reasons without echoes), and what loading a registered
+model runs. Servers bind 127.0.0.1 on a free port and are stopped by their PID."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,44 +37,75 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
+def _started(command, cwd, env, url, log_path):
+    """Start ``command`` (a server answering ``url``/ping) in its own process group and
+    wait for it; returns the process."""
+    log = open(log_path, "w+")  # noqa: SIM115 (closed by _stopped)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # the workers stop with it
+    process.log = log
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"{command[:3]} exited with {process.returncode}:\n{log.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return process
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stopped(process)
+            pytest.fail(f"{command[:3]} did not answer /ping within 180 s")
+        time.sleep(1)
+
+
+def _stopped(process) -> None:
+    """Stop a server started by ``_started`` by its PID (its whole process group)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    process.log.close()
+
+
 @pytest.fixture(scope="module")
 def server(tiny_champion):
-    """Base URL of `mlflow models serve -m models:/occlusion-estimator@champion`."""
+    """Base URL of `mlflow models serve -m models:/occlusion-estimator@champion` (MLflow's
+    generic server: it loads the model from code, with no pickle)."""
     tmp_path, env = tiny_champion
     port = _free_port()
-    log = open(tmp_path / f"serve-{port}.log", "w+")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "models", "serve", "-m",
-         "models:/occlusion-estimator@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)  # its own process group: the workers stop with it
     url = f"http://127.0.0.1:{port}"
+    process = _started([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
+                        "models:/occlusion-estimator@champion", "--env-manager", "local",
+                        "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                       tmp_path, env, url, tmp_path / f"serve-{port}.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n"
-                            f"{log.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow models serve did not answer /ping within 180 s")
-            time.sleep(1)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        _stopped(process)
+
+
+# `occmap serve` in the tests: small bounds, so that crossing them is cheap
+MAX_STAMPS, MAX_MB = 8, 0.5
+
+
+@pytest.fixture(scope="module")
+def bounded(tiny_champion):
+    """Base URL of `occmap serve` on the champion, at most 8 stamps / 0.5 MiB a request."""
+    tmp_path, env = tiny_champion
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _started([str(VENV_BIN / "occmap"), "serve", "--port", str(port),
+                        "--max-stamps", str(MAX_STAMPS), "--max-request-mb", str(MAX_MB)],
+                       tmp_path, env, url, tmp_path / f"occmap-serve-{port}.log")
+    try:
+        yield url
+    finally:
+        _stopped(process)
 
 
 @pytest.fixture(scope="module")
@@ -101,33 +134,129 @@ def test_served_champion_answers_with_the_in_process_maps(server, stamps_and_map
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, body, expected", [
-    ("wrong shape", lambda s: {"inputs": s[:, :20].tolist()}, "shape"),
-    ("NaN", lambda s: {"inputs": np.where(np.arange(4) == 1, math.nan, s).tolist()}, "NaN"),
-    ("non-numeric", lambda s: {"inputs": [[["faint", "bright"]]]}, "float"),
-    ("0-255 stamps", lambda s: {"inputs": (s * 255.0).tolist()}, "outside [0, 1]"),
-])
-def test_malformed_requests_get_a_4xx_with_a_clear_message(server, stamps_and_maps, case, body,
-                                                           expected):
+def test_mlflow_server_refuses_bad_stamps_with_a_4xx(server, stamps_and_maps):
     stamps, _ = stamps_and_maps
-    status, answer = _post(f"{server}/invocations", json.dumps(body(stamps)).encode())
-    assert 400 <= status < 500, (case, status, answer)
-    assert expected in answer.get("message", ""), (case, answer)
+    for body, expected in (({"inputs": (stamps * 255.0).tolist()}, "outside [0, 1]"),
+                           ({"inputs": np.where(np.arange(4) == 1, math.nan, stamps).tolist()},
+                            "NaN")):
+        status, answer = _post(f"{server}/invocations", json.dumps(body).encode())
+        assert 400 <= status < 500 and expected in answer.get("message", ""), answer
 
 
 @pytest.mark.slow
-def test_out_of_range_stamps_pass_when_the_request_allows_them(server, stamps_and_maps,
+def test_occmap_serve_answers_with_the_in_process_maps(bounded, stamps_and_maps):
+    stamps, expected = stamps_and_maps
+    for key in ("inputs", "instances"):
+        status, answer = _post(f"{bounded}/invocations",
+                               json.dumps({key: stamps.tolist()}).encode())
+        assert status == 200, answer
+        maps = np.asarray(answer["predictions"], np.float32)
+        assert maps.shape == (6, 21, 21)
+        np.testing.assert_allclose(maps, expected, atol=1e-5)
+    with urllib.request.urlopen(f"{bounded}/version", timeout=10) as answer:
+        facts = json.loads(answer.read())
+    assert facts["model_uri"] == "models:/occlusion-estimator/1"
+    assert facts["max_stamps"] == MAX_STAMPS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, body, expected", [
+    ("wrong shape", lambda s: {"inputs": s[:, :20].tolist()}, "shape"),
+    ("NaN", lambda s: {"inputs": np.where(np.arange(4) == 1, math.nan, s).tolist()}, "NaN"),
+    ("non-numeric", lambda s: {"inputs": [[["faint", "bright"]]]}, "numeric"),
+    ("ragged", lambda s: {"inputs": [s[0].tolist(), s[1, :20].tolist()]}, "regular"),
+    ("0-255 stamps", lambda s: {"inputs": (s * 255.0).tolist()}, "outside [0, 1]"),
+    ("no stamps key", lambda s: {"data": s.tolist()}, "'inputs'"),
+    ("unknown param", lambda s: {"inputs": s.tolist(), "params": {"scale": 2}}, "unknown"),
+    ("not JSON", lambda s: b"{\"inputs\": [0.5, ", "not valid JSON"),
+])
+def test_occmap_serve_refuses_malformed_requests_without_echoing_them(bounded, stamps_and_maps,
+                                                                      case, body, expected):
+    stamps, _ = stamps_and_maps
+    payload = body(stamps)
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    status, answer = _post(f"{bounded}/invocations", raw)
+    assert status == 400, (case, status, answer)
+    message = answer["message"]
+    assert expected in message, (case, message)
+    # the reason only: no stamp value of the request comes back
+    assert len(message) < 400 and f"{float(stamps[0, 0, 0, 0]):.6f}"[:7] not in message, message
+
+
+@pytest.mark.slow
+def test_occmap_serve_answers_413_beyond_its_bounds(bounded, stamps_and_maps):
+    stamps, _ = stamps_and_maps
+    many = np.concatenate([stamps, stamps])[:MAX_STAMPS + 1]
+    status, answer = _post(f"{bounded}/invocations", json.dumps({"inputs": many.tolist()}).encode())
+    assert status == 413 and f"at most {MAX_STAMPS}" in answer["message"], answer
+    # a body over the byte limit (valid JSON, padded): read and dropped, then 413
+    padded = json.dumps({"inputs": stamps[:1].tolist()}) + " " * int(MAX_MB * 2**20)
+    status, answer = _post(f"{bounded}/invocations", padded.encode())
+    assert status == 413 and "larger than" in answer["message"], answer
+    # a declared 1 GiB body is answered before any of it is sent
+    host, port = bounded.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: 1073741824"
+                           b"\r\n\r\n")
+        head = connection.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 413"), head
+    # and the server still answers normally afterwards
+    status, _ = _post(f"{bounded}/invocations", json.dumps({"inputs": stamps.tolist()}).encode())
+    assert status == 200
+
+
+@pytest.mark.slow
+def test_out_of_range_stamps_pass_when_the_request_allows_them(bounded, server, stamps_and_maps,
                                                                tiny_champion):
     import keras
 
     stamps, _ = stamps_and_maps
     scaled = stamps * 3.0
-    body = {"inputs": scaled.tolist(), "params": {"allow_out_of_range": True}}
-    status, answer = _post(f"{server}/invocations", json.dumps(body).encode())
-    assert status == 200, answer
     explainer = keras.saving.load_model(tiny_champion[0] / "models" / "estimator.keras",
                                         compile=False)
-    np.testing.assert_allclose(np.asarray(answer["predictions"], np.float32),
-                               explainer.predict(scaled, verbose=0), atol=1e-5)
-    refused, _ = _post(f"{server}/invocations", json.dumps({"inputs": scaled.tolist()}).encode())
-    assert 400 <= refused < 500
+    expected = explainer.predict(scaled, verbose=0)
+    for url in (bounded, server):
+        body = {"inputs": scaled.tolist(), "params": {"allow_out_of_range": True}}
+        status, answer = _post(f"{url}/invocations", json.dumps(body).encode())
+        assert status == 200, answer
+        np.testing.assert_allclose(np.asarray(answer["predictions"], np.float32), expected,
+                                   atol=1e-5)
+        refused, _ = _post(f"{url}/invocations",
+                           json.dumps({"inputs": scaled.tolist()}).encode())
+        assert 400 <= refused < 500
+
+
+@pytest.mark.slow
+def test_the_store_holds_no_pickle_and_occmap_runs_no_code_from_it(tiny_champion, tmp_path):
+    import mlflow
+
+    store, env = tiny_champion
+    champion = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        "occlusion-estimator", "champion")
+    model_id = champion.source.removeprefix("models:/")
+    (model_dir,) = {p.parent for p in store.rglob("MLmodel") if model_id in str(p)}
+    assert not list(model_dir.rglob("*.pkl")), list(model_dir.rglob("*.pkl"))
+    stored_code = model_dir / "pyfunc_model.py"
+    original = stored_code.read_text()
+    marker = tmp_path / "store-code-ran"
+    # someone who can write the store edits the model's code
+    stored_code.write_text(f"open({str(marker)!r}, 'w').close()\n" + original)
+    try:
+        with np.load(store / "data" / "prepared" / "test.npz") as npz:
+            np.savez(tmp_path / "stamps.npz", images=npz["images"][:3])
+        explained = subprocess.run(
+            [str(VENV_BIN / "occmap"), "explain", str(tmp_path / "stamps.npz"), "--out",
+             str(tmp_path / "maps.npz")], cwd=store, env=env, capture_output=True, text=True,
+            timeout=300)
+        assert explained.returncode == 0, explained.stderr
+        assert not marker.exists()  # occmap read the Keras file only
+        # the generic loader does run the model's code: the edit was a real one
+        generic = subprocess.run(
+            [sys.executable, "-c", "import mlflow; mlflow.pyfunc.load_model("
+             "'models:/occlusion-estimator@champion')"], cwd=store, env=env,
+            capture_output=True, text=True, timeout=300)
+        assert generic.returncode == 0, generic.stderr
+        assert marker.exists()
+    finally:
+        stored_code.write_text(original)

@@ -1,5 +1,8 @@
 """Files: params.yaml, atomic writes (no half-written output, ever), clean failures.
 
+Temporary files are named ``.<stem>.<pid>.<random>.tmp<suffix>`` next to their target, so
+those of a killed process are recognised (their PID is gone) and removed on the next start.
+
 Used by the stages (``pipeline/stages/``), ``occmap``, ``bench`` and ``report``;
 ``pipeline.core`` never touches files.
 """
@@ -10,6 +13,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,6 +23,8 @@ import numpy as np
 import yaml
 
 PARAMS_FILE = "params.yaml"
+# .<stem>.<pid>.<8 random characters from mkstemp>.tmp<suffix>
+TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp(\.[^/]*)?$")
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict:
@@ -44,9 +50,10 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
     try:
         for final in finals:
             final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(final.parent)
             # keep the suffix: some writers (keras.Model.save) insist on it
-            fd, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}",
-                                        dir=final.parent)
+            fd, name = tempfile.mkstemp(prefix=f".{final.stem}.{os.getpid()}.",
+                                        suffix=f".tmp{final.suffix}", dir=final.parent)
             os.close(fd)
             temps.append(Path(name))
         yield temps
@@ -59,6 +66,23 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(directory: str | Path, recursive: bool = False) -> list[Path]:
+    """Delete the temporary files of ``atomic_paths`` in ``directory`` (and below, with
+    ``recursive``) whose process is gone: what a killed writer left. Returns them."""
+    from pipeline.glue.processes import pid_alive
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.rglob(".*") if recursive else directory.glob(".*"):
+        match = TEMP_NAME.match(path.name)
+        if match and path.is_file() and not pid_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def save_npz(file: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -82,12 +106,33 @@ def write_csv(file: Path, header: list[str], rows) -> None:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; expected failures print one clear line and exit 1."""
+    """Run a stage's ``main``; expected failures print one clear line and exit 1.
+
+    Before it: SIGTERM (and, under DVC, the death of the ``dvc`` process) ends the stage
+    through its context managers (``processes.guard_stage_process``), and the temporary
+    files a killed run left in the output folders of params.yaml ``paths`` are removed.
+    """
+    from pipeline.glue.processes import guard_stage_process
+
     # TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the stage's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    guard_stage_process()
     try:
+        _sweep_output_folders()
         main()
     except (ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _sweep_output_folders() -> None:
+    """Remove dead writers' temporary files under every ``paths`` folder of params.yaml."""
+    from pipeline.core.params import PathsParams
+
+    if not Path(PARAMS_FILE).is_file():
+        return
+    paths = PathsParams.from_dict(load_params().get("paths", {}))
+    for folder in dict.fromkeys(paths.__dict__.values()):
+        for path in remove_stale_temps(folder, recursive=True):
+            print(f"removed {path}: a temporary file left by a killed run", file=sys.stderr)

@@ -6,15 +6,28 @@ trained on (21x21x4 for HiTS). Output: raw maps (N, H, W) float32 in [-1, 1]. Th
 geometry is the explainer's own input shape. The logged model holds the Keras explainer
 (classifier pass for the conditioning + estimator) and this package's code, so a served
 model needs nothing else: ``mlflow models serve -m models:/occlusion-estimator@champion``.
-Registered through ``pipeline.glue.registry.register_explainer``.
+Registered through ``pipeline.glue.registry.register_explainer`` as "models from code"
+(``pipeline/glue/pyfunc_model.py``): no pickle in the store.
+
+``load_registered_explainer`` is how the project's own commands load a registered version:
+only its .keras file is read (Keras safe mode, this installation's code), so nothing the
+store holds is run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
+
+# MLflow warns at the class statement below that `predict` has no type hints; the model's
+# signature is given explicitly (``signature``), so the warning is noise on every command.
+# (The message starts with a terminal colour code, hence the leading ".*".)
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 ARTIFACT_KEY = "explainer"
 # The request parameter that lets stamps outside [0, 1] through (REST: "params" beside
@@ -26,28 +39,86 @@ class OcclusionEstimator(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of the Keras explainer saved at the artifact ``explainer``."""
 
     def load_context(self, context):
+        self.load(context.artifacts[ARTIFACT_KEY])
+
+    def load(self, path: str | Path) -> OcclusionEstimator:
+        """Read the Keras explainer at ``path`` (safe mode: no code from the file)."""
         import keras
 
         import pipeline.core.models  # noqa: F401  (registers the custom layers)
         from pipeline.core.explain import compile_explainer, model_geometry
 
-        self.model = keras.saving.load_model(Path(context.artifacts[ARTIFACT_KEY]),
-                                             compile=False)
+        self.model = keras.saving.load_model(Path(path), compile=False, safe_mode=True)
         self.shape = model_geometry(self.model).shape
         self.explain = compile_explainer(self.model)
+        return self
+
+    def maps(self, stamps, allow_out_of_range: bool = False,
+             source: str = "request") -> np.ndarray:
+        """(N, H, W) float32 maps of ``stamps`` (N, H, W, C); ``ValueError`` naming
+        ``source`` for stamps of another shape, NaN or (unless allowed) outside [0, 1]."""
+        from pipeline.core.explain import check_stamps, predict_maps
+
+        checked = check_stamps(stamps, self.shape, source=source,
+                               allow_out_of_range=allow_out_of_range)
+        return predict_maps(self.explain, checked)
 
     def predict(self, context, model_input, params=None):
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-        from pipeline.core.explain import check_stamps, predict_maps
-
         allow = bool((params or {}).get(ALLOW_OUT_OF_RANGE, False))
         try:
-            stamps = check_stamps(model_input, self.shape, source="request",
-                                  allow_out_of_range=allow)
+            return self.maps(model_input, allow)
         except ValueError as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
-        return predict_maps(self.explain, stamps)
+
+
+def load_registered_explainer(name: str, model: str, client=None):
+    """(estimator, version) for version or alias ``model`` of the registered estimator
+    ``name``: an ``OcclusionEstimator`` loaded from the version's Keras file alone, and
+    its ``ModelVersion``. ``ValueError`` when the version is incomplete or holds no
+    explainer; MLflow's own errors when it does not exist."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    from pipeline.glue.registry import check_complete
+
+    client = client or mlflow.MlflowClient()
+    version = (client.get_model_version(name, model) if model.isdigit()
+               else client.get_model_version_by_alias(name, model))
+    uri = f"models:/{name}/{version.version}"
+    check_complete(client, version, uri)
+    # the MLmodel file, then the explainer's file: not the code copy beside them
+    with tempfile.TemporaryDirectory(prefix="occmap-model-") as folder, \
+            _quiet_downloads():
+        try:
+            mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/MLmodel",
+                                                          dst_path=folder)
+            flavour = yaml.safe_load(Path(mlmodel).read_text())["flavors"]["python_function"]
+            relative = flavour["artifacts"][ARTIFACT_KEY]["path"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            raise ValueError(f"{uri}: not an occlusion estimator (its MLmodel names no "
+                             f"'{ARTIFACT_KEY}' artifact)") from None
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{relative}",
+                                                    dst_path=folder)
+        return OcclusionEstimator().load(local), version
+
+
+@contextlib.contextmanager
+def _quiet_downloads():
+    """MLflow's per-file download bar off (it floods a terminal), restored after."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def signature(explainer):

@@ -164,25 +164,69 @@ def start_run(name: str, params: Mapping | None = None, tags: Mapping | None = N
     with ``params`` flattened and logged; yields the active run."""
     import mlflow
 
+    from pipeline.glue.processes import owner
+
     root = Path(root or project_root())
-    configure(root)
-    all_tags = {"git_commit": git_commit(root), "stage": name, **(tags or {})}
+    experiment_id = configure(root)
+    recover(experiment_id)
+    all_tags = {"git_commit": git_commit(root), "stage": name, **owner(), **(tags or {})}
     with mlflow.start_run(run_name=name, tags=all_tags) as run:
         if params:
             mlflow.log_params(flatten(params))
         yield run
 
 
-def epoch_logger():
+def fail_dead_runs(experiment_id: str) -> list[str]:
+    """End as FAILED every RUNNING run of the experiment whose process (on this host) is
+    gone, tagged ``failed_because``; returns their ids. Runs owned by live processes, by
+    another host, or without owner tags (logged before they were recorded) stay as
+    they are."""
+    import mlflow
+
+    from pipeline.glue.processes import PID_TAG, owner_state
+
+    client = mlflow.MlflowClient()
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        if owner_state(run.data.tags) != "dead":
+            continue
+        client.set_tag(run.info.run_id, "failed_because",
+                       f"its process (pid {run.data.tags[PID_TAG]}) died before ending it")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        ended.append(run.info.run_id)
+    return ended
+
+
+def recover(experiment_id: str) -> None:
+    """What every stage does first: runs left RUNNING by dead processes are marked FAILED,
+    then model versions whose stage never finished are deleted
+    (``registry.remove_incomplete_versions``); one line on stderr for each."""
+    import sys
+
+    from pipeline.glue.registry import remove_incomplete_versions
+
+    for run_id in fail_dead_runs(experiment_id):
+        print(f"marked run {run_id} FAILED: its process died while it was RUNNING",
+              file=sys.stderr)
+    for name, version, why in remove_incomplete_versions():
+        print(f"deleted {name} version {version}: {why}", file=sys.stderr)
+
+
+def epoch_logger(stage: str = ""):
     """A Keras callback that logs every epoch's metrics (loss, val_loss, ...) to the
-    active MLflow run, with the epoch as the step."""
+    active MLflow run, with the epoch as the step; fault point ``<stage>:epoch`` after
+    each epoch's metrics are logged."""
     import keras
     import mlflow
+
+    from pipeline.glue.processes import fault_point
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if logs:
                 mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+            fault_point(f"{stage}:epoch")
 
     return EpochLogger()
 
@@ -196,12 +240,15 @@ def trial_run(trial, values: Mapping, parent_run_id: str, target: str) -> Iterat
     import mlflow
     import optuna
 
+    from pipeline.glue.processes import owner
+
     # Not `with start_run()`: its exit would end whatever run is active after a pruned
     # trial ended its own, i.e. the study's parent run in the coordinating process.
     run = mlflow.start_run(run_name=f"{target} trial {trial.number}", nested=True,
                            parent_run_id=parent_run_id,
                            tags={"optuna_study": trial.study.study_name,
-                                 "optuna_trial": str(trial.number), "stage": f"tune_{target}"})
+                                 "optuna_trial": str(trial.number), "stage": f"tune_{target}",
+                                 **owner()})
     try:
         mlflow.log_params(values)
         yield run

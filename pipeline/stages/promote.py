@@ -96,8 +96,18 @@ def main(argv: list[str] | None = None) -> None:
 
     tracking.configure()
     import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.glue.registry import check_complete
 
     client = mlflow.MlflowClient()
+    for entry in versions.values():  # a version whose stage never finished is not judged
+        try:
+            found = client.get_model_version(entry["name"], entry["version"])
+        except MlflowException:
+            raise ValueError(f"{evaluate_file}: {entry['name']} version {entry['version']} "
+                             "is not in the registry (rerun dvc repro)") from None
+        check_complete(client, found, str(evaluate_file))
     held = champions(client, versions)
     already = held is not None and all(held[role] == versions[role]["version"]
                                        for role in versions)

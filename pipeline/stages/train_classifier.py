@@ -20,7 +20,8 @@ from pipeline.core.params import ClassifierParams, DataParams, PathsParams
 from pipeline.glue import tracking
 from pipeline.glue.artifacts import load_prepared, stamp_geometry
 from pipeline.glue.files import atomic_paths, load_params, run_stage, write_csv, write_json
-from pipeline.glue.registry import register_keras_model
+from pipeline.glue.processes import fault_point
+from pipeline.glue.registry import mark_complete, register_keras_model
 
 REGISTERED_NAME = "hits-classifier"
 
@@ -50,7 +51,7 @@ def main() -> None:
             from pipeline.core.models.training import fit_classifier
 
             model, history, seconds = fit_classifier(
-                cfg, splits, geometry, callbacks=[tracking.epoch_logger()],
+                cfg, splits, geometry, callbacks=[tracking.epoch_logger("train_classifier")],
                 verbose=1 if sys.stdout.isatty() else 2)
         else:
             (model, facts), history = imported, {"loss": []}
@@ -92,10 +93,12 @@ def main() -> None:
         mlflow.log_text("\n".join(summary), "model_summary.txt")
         for png in ("confusion.png", "curves.png"):
             mlflow.log_artifact(str(out_plots / png))
+        fault_point("train_classifier:logged")
         version = register_keras_model(
             model, "classifier", REGISTERED_NAME, splits["val"]["images"][:4],
             tags={**tags, "test_accuracy": figures["test"]["accuracy"],
                   "run_id": run.info.run_id})
+        fault_point("train_classifier:registered")
         figures["registered"] = {"name": REGISTERED_NAME, "version": int(version.version),
                                  "run_id": run.info.run_id}
 
@@ -103,6 +106,8 @@ def main() -> None:
     with atomic_paths(target) as (temp,):
         model.save(temp)
     write_json(Path(paths.metrics_dir) / "train_classifier.json", figures)
+    fault_point("train_classifier:written")
+    mark_complete(version)  # last: until here the version is refused by every consumer
     how = (f"{seconds:.0f} s" if imported is None else
            f"imported {cfg.file_path} ({facts['format']}, sha256 {facts['sha256'][:12]})")
     print(f"train_classifier: {arch} test accuracy {figures['test']['accuracy']:.4f} "

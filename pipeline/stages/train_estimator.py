@@ -25,7 +25,8 @@ from pipeline.glue.artifacts import (
     stamp_geometry,
 )
 from pipeline.glue.files import atomic_paths, load_params, run_stage, write_json
-from pipeline.glue.registry import register_explainer
+from pipeline.glue.processes import fault_point
+from pipeline.glue.registry import mark_complete, register_explainer
 
 REGISTERED_NAME = "occlusion-estimator"
 
@@ -71,7 +72,7 @@ def main() -> None:
         from pipeline.core.models import estimators
 
         model, history, seconds = fit_estimator(
-            cfg, classifier, splits, callbacks=[tracking.epoch_logger()],
+            cfg, classifier, splits, callbacks=[tracking.epoch_logger("train_estimator")],
             verbose=1 if sys.stdout.isatty() else 2)
 
         # The baseline is the spec's: the mean exact map of the training stamps as they are
@@ -114,15 +115,20 @@ def main() -> None:
         target = Path(paths.models_dir) / "estimator.keras"
         with atomic_paths(target) as (temp,):
             explainer.save(temp)
-            version = register_explainer(temp, "estimator", REGISTERED_NAME,
-                                         splits["val"]["images"][:4],
-                                         tags={"arch": cfg.arch, "run_id": run.info.run_id,
-                                               **{k: v for k, v in report["headline"].items()
-                                                  if k != "goals"}})
+        fault_point("train_estimator:logged")
+        # registered from its final name, so the store's copy is called estimator.keras
+        version = register_explainer(target, "estimator", REGISTERED_NAME,
+                                     splits["val"]["images"][:4],
+                                     tags={"arch": cfg.arch, "run_id": run.info.run_id,
+                                           **{k: v for k, v in report["headline"].items()
+                                              if k != "goals"}})
+        fault_point("train_estimator:registered")
         figures["registered"] = {"name": REGISTERED_NAME, "version": int(version.version),
                                  "run_id": run.info.run_id}
 
     write_json(Path(paths.metrics_dir) / "train_estimator.json", figures)
+    fault_point("train_estimator:written")
+    mark_complete(version)  # last: until here the version is refused by every consumer
     head = {key: "n/a" if value is None else f"{value:.3f}"
             for key, value in report["headline"].items() if key not in ("goals", "meets_goals")}
     print(f"train_estimator: {cfg.arch} ({model.count_params()} parameters), {seconds:.0f} s; "

@@ -74,7 +74,8 @@ def objective_for(target: str, params: dict, spec: TuneTarget, splits: dict, cla
 
     record = {"trial_context": functools.partial(tracking.trial_run,
                                                  parent_run_id=parent_run_id, target=target),
-              "log_metrics": mlflow.log_metrics, "callbacks": [tracking.epoch_logger()]}
+              "log_metrics": mlflow.log_metrics,
+              "callbacks": [tracking.epoch_logger(f"tune_{target}")]}
     if target == "classifier":
         return search.classifier_objective(params, spec, splits, geometry, **record)
     return search.estimator_objective(params, spec, splits, classifier, **record)
@@ -147,8 +148,10 @@ def coordinate(target: str, workers: int, n_trials: int | None) -> None:
         ClassifierParams if target == "classifier" else EstimatorParams)}
     space = search.parse_space(spec.space, target)
     storage = storage_for(cfg)
-    tracking.configure()
+    tracking.recover(tracking.configure())
     import mlflow
+
+    from pipeline.glue.processes import owner
 
     study = search.open_study(target, spec, cfg, storage)
     recovered = search.recover_killed_trials(study)
@@ -166,7 +169,7 @@ def coordinate(target: str, workers: int, n_trials: int | None) -> None:
     started = time.perf_counter()
     with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"tune_{target}",
                           tags={"stage": f"tune_{target}", "optuna_study": spec.study,
-                                "git_commit": tracking.git_commit()}) as parent:
+                                "git_commit": tracking.git_commit(), **owner()}) as parent:
         study.set_user_attr(PARENT_RUN_ATTR, parent.info.run_id)
         if parent_id is None:  # MLflow params are write-once: a resumed study keeps its own
             mlflow.log_params({"n_trials": n_trials, "workers": workers,

@@ -129,3 +129,58 @@ def test_a_running_tracking_server_passes_the_check(tmp_path, venv_env):
 
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_recovery_fails_dead_runs_and_deletes_only_incomplete_versions(tmp_path, monkeypatch):
+    import mlflow
+
+    from pipeline.glue import processes, registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+    experiment_id = tracking.configure(tmp_path)
+    client = mlflow.MlflowClient()
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead = {**processes.owner(), processes.PID_TAG: str(child.pid)}
+    runs = {
+        "dead": client.create_run(experiment_id, tags=dead),
+        "alive": client.create_run(experiment_id, tags=processes.owner()),
+        "elsewhere": client.create_run(experiment_id,
+                                       tags={**dead, processes.HOST_TAG: "another-host"}),
+        "untagged": client.create_run(experiment_id),
+        "finished": client.create_run(experiment_id, tags=dead),
+    }
+    client.set_terminated(runs["finished"].info.run_id, "FINISHED")
+    name = registry.REGISTERED_NAMES[1]
+    client.create_registered_model(name)
+
+    def version(run_key, complete):
+        made = client.create_model_version(name, (tmp_path / "model").as_uri(),
+                                          runs[run_key].info.run_id)
+        if complete is not None:
+            client.set_model_version_tag(name, made.version, registry.COMPLETE_TAG, complete)
+        return made.version
+
+    v_dead = version("dead", "false")  # killed after registering: deleted
+    v_alive = version("alive", "false")  # a stage still at work: kept
+    v_done = version("finished", "true")  # complete: kept
+    v_legacy = version("finished", None)  # before the tag existed, run FINISHED: kept
+    v_untagged = version("dead", None)  # killed before the first tag: deleted
+    v_chosen = version("dead", "false")  # incomplete but someone gave it an alias: kept
+    client.set_registered_model_alias(name, "champion", v_chosen)
+
+    tracking.recover(experiment_id)
+
+    status = {key: client.get_run(run.info.run_id).info.status for key, run in runs.items()}
+    assert status == {"dead": "FAILED", "alive": "RUNNING", "elsewhere": "RUNNING",
+                      "untagged": "RUNNING", "finished": "FINISHED"}
+    assert "died" in client.get_run(runs["dead"].info.run_id).data.tags["failed_because"]
+    left = {v.version for v in client.search_model_versions(f"name = '{name}'")}
+    assert left == {v_alive, v_done, v_legacy, v_chosen}
+    assert {v_dead, v_untagged}.isdisjoint(left)
+    complete = {v.version: registry.is_complete(client, v)
+                for v in client.search_model_versions(f"name = '{name}'")}
+    assert complete == {v_alive: False, v_done: True, v_legacy: True, v_chosen: False}
+    with pytest.raises(ValueError, match="incomplete"):
+        registry.check_complete(client, client.get_model_version(name, v_alive), "x")

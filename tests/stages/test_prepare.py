@@ -6,7 +6,6 @@ import json
 import math
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import copy_repo
 from pipeline.core.data.synthetic import CHANNELS
 
 N_TINY = 60
@@ -136,23 +136,10 @@ def test_a_set_the_split_cannot_use_fails_naming_the_file_and_keeps_the_old_data
     assert sorted(p.name for p in earlier.parent.iterdir()) == ["train.npz"]
 
 
-def _copy_repo(repo_root: Path, destination: Path) -> None:
-    """The repository's working tree as git sees it (tracked and untracked, not ignored)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=repo_root, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = repo_root / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-
-
 @pytest.mark.slow
 def test_dvc_repro_prepare_in_a_copy_of_the_repo(tmp_path, repo_root, venv_env):
     copy = tmp_path / "repo"
-    _copy_repo(repo_root, copy)
+    copy_repo(repo_root, copy)
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["data"]["synthetic"]["n"] = N_TINY
