@@ -12,12 +12,15 @@ Targets:
               they saw the real set (files in ../shared/witness, never in the project)
   consistency a net of the project's trained on the twin and tested on it, beside what
               the same kind of net scored on real data (the study's seed net, Deep-HiTS)
+  serving     the REST server's memory under repeated largest requests (``occmap serve``,
+              or ``mlflow models serve`` for comparison) on the project's champion
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
@@ -442,6 +445,100 @@ def _print_consistency(f: dict) -> None:
     print(f"  called bogus, by kind: {kinds}")
 
 
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` and all its descendants, in MiB (Linux /proc)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/status") as handle:
+                total += next(int(line.split()[1]) for line in handle
+                              if line.startswith("VmRSS:"))
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    pending += [int(child) for child in handle.read().split()]
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def bench_serving(server: str, requests: int, stamps_per_request: int, port: int,
+                  model: str) -> dict:
+    """Start ``server`` (``occmap`` or ``mlflow``) on the project store's estimator
+    ``model`` (an alias or version), send ``requests`` requests of ``stamps_per_request``
+    twin stamps each, one after another, and record the server's resident memory (with
+    its workers) idle and after every request."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from pipeline.glue import tracking
+
+    bin_dir = Path(sys.executable).parent
+    uri = (f"models:/occlusion-estimator/{model}" if model.isdigit()
+           else f"models:/occlusion-estimator@{model}")
+    if server == "occmap":
+        command = [str(bin_dir / "occmap"), "serve", "--model", model, "--port", str(port),
+                   "--max-stamps", str(stamps_per_request)]
+    else:
+        command = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager",
+                   "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    stamps = synthetic.make_stamps(stamps_per_request, seed=0, preset="default")["images"]
+    body = json.dumps({"inputs": stamps.tolist()}).encode()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"bench serving: {command[0]} exited with "
+                                 f"{process.returncode} (is there a champion? dvc repro)")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("bench serving: the server did not start in 300 s") \
+                        from None
+                time.sleep(1)
+        idle = _tree_rss_mb(process.pid)
+        after, seconds = [], []
+        for _ in range(requests):
+            request = urllib.request.Request(f"{url}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            start = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=600) as answer:
+                maps = np.asarray(json.loads(answer.read())["predictions"], np.float32)
+            seconds.append(time.perf_counter() - start)
+            assert maps.shape == (stamps_per_request, *stamps.shape[1:3])
+            after.append(_tree_rss_mb(process.pid))
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return {"server": server, "model_uri": uri, "requests": requests,
+            "stamps_per_request": stamps_per_request, "request_mb": len(body) / 2**20,
+            "rss_idle_mb": idle, "rss_after_mb": after, "rss_max_mb": max(after),
+            "growth_after_first_mb": after[-1] - after[0],
+            "seconds_per_request": float(np.median(seconds))}
+
+
+def _print_serving(f: dict) -> None:
+    print(f"{f['server']} server, {f['model_uri']}: {f['requests']} requests of "
+          f"{f['stamps_per_request']} stamps ({f['request_mb']:.1f} MiB of JSON each), "
+          f"median {f['seconds_per_request']:.2f} s per request")
+    print(f"  resident memory: idle {f['rss_idle_mb']:.0f} MiB; after each request "
+          + ", ".join(f"{v:.0f}" for v in f["rss_after_mb"])
+          + f" MiB; growth after the first {f['growth_after_first_mb']:+.0f} MiB")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -493,9 +590,21 @@ def main(argv: list[str] | None = None) -> None:
     con.add_argument("--epochs", type=int, default=100, help="upper bound (default 100)")
     con.add_argument("--patience", type=int, default=5)
     con.add_argument("--seed", type=int, default=0)
+    srv = sub.add_parser("serving", help="REST server memory under repeated large requests")
+    srv.add_argument("--server", default="occmap", choices=("occmap", "mlflow"))
+    srv.add_argument("--requests", type=int, default=8)
+    srv.add_argument("--stamps", type=int, default=1000,
+                     help="stamps per request (default 1000, occmap serve's limit)")
+    srv.add_argument("--port", type=int, default=5077)
+    srv.add_argument("--model", default="champion", help="alias or version (default champion)")
     args = parser.parse_args(argv)
 
-    if args.target == "consistency":
+    if args.target == "serving":
+        if args.requests < 1 or args.stamps < 1:
+            parser.error("--requests and --stamps must be >= 1")
+        figures = bench_serving(args.server, args.requests, args.stamps, args.port, args.model)
+        _print_serving(figures)
+    elif args.target == "consistency":
         if args.n < 16 or args.epochs < 1 or args.patience < 0:
             parser.error("--n must be >= 16, --epochs >= 1 and --patience >= 0")
         figures = bench_consistency(args.arch, args.preset, args.n, args.seed, args.epochs,

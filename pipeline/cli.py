@@ -109,7 +109,7 @@ def registered_classifier(uri: str, stamps: np.ndarray, source: str):
 
     import pipeline.core.models  # noqa: F401  (registers the custom layers)
     from pipeline.core.explain import model_geometry
-    from pipeline.glue.registry import check_complete
+    from pipeline.glue.completion import check_complete
 
     name, _, model = uri[len("models:/"):].replace("@", "/").partition("/")
     client = mlflow.MlflowClient()

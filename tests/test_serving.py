@@ -260,3 +260,22 @@ def test_the_store_holds_no_pickle_and_occmap_runs_no_code_from_it(tiny_champion
         assert marker.exists()
     finally:
         stored_code.write_text(original)
+
+
+@pytest.mark.slow
+def test_bench_serving_reports_the_servers_memory_per_request(tiny_champion):
+    store, env = tiny_champion
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench", "serving", "--requests", "3", "--stamps", "5",
+         "--port", str(_free_port())], cwd=store, env=env, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["server"] == "occmap" and figures["requests"] == 3
+    assert figures["model_uri"] == "models:/occlusion-estimator@champion"
+    assert len(figures["rss_after_mb"]) == 3 and figures["rss_idle_mb"] > 100  # TF is loaded
+    assert figures["rss_max_mb"] == max(figures["rss_after_mb"])
+    assert figures["growth_after_first_mb"] == pytest.approx(
+        figures["rss_after_mb"][-1] - figures["rss_after_mb"][0])
+    # 5 stamps of 21x21x4 values as JSON: between 10 and 30 characters a value
+    assert 5 * 1764 * 10 / 2**20 < figures["request_mb"] < 5 * 1764 * 30 / 2**20

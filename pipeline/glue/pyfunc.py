@@ -83,7 +83,7 @@ def load_registered_explainer(name: str, model: str, client=None):
     import mlflow
     import yaml
 
-    from pipeline.glue.registry import check_complete
+    from pipeline.glue.completion import check_complete
 
     client = client or mlflow.MlflowClient()
     version = (client.get_model_version(name, model) if model.isdigit()

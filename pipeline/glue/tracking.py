@@ -204,7 +204,7 @@ def recover(experiment_id: str) -> None:
     (``registry.remove_incomplete_versions``); one line on stderr for each."""
     import sys
 
-    from pipeline.glue.registry import remove_incomplete_versions
+    from pipeline.glue.completion import remove_incomplete_versions
 
     for run_id in fail_dead_runs(experiment_id):
         print(f"marked run {run_id} FAILED: its process died while it was RUNNING",

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.glue.registry import check_complete
+    from pipeline.glue.completion import check_complete
 
     client = mlflow.MlflowClient()
     for entry in versions.values():  # a version whose stage never finished is not judged

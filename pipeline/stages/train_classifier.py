@@ -3,7 +3,8 @@ train``) or import the user's own model file (``source: file``), log it to MLflo
 
 Reads ``<prepared_dir>/{train,val,test}.npz``; writes ``<models_dir>/classifier.keras``,
 ``<metrics_dir>/train_classifier.json`` and ``<plots_dir>/train_classifier/*``; logs the
-run ``train_classifier`` and registers a new version of ``hits-classifier``.
+run ``train_classifier`` and registers a new version of ``hits-classifier``, tagged
+complete as the stage's last act (``pipeline.glue.completion``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pipeline.core.data import synthetic
 from pipeline.core.params import ClassifierParams, DataParams, PathsParams
 from pipeline.glue import tracking
 from pipeline.glue.artifacts import load_prepared, stamp_geometry
+from pipeline.glue.completion import mark_complete
 from pipeline.glue.files import atomic_paths, load_params, run_stage, write_csv, write_json
 from pipeline.glue.processes import fault_point
-from pipeline.glue.registry import mark_complete, register_keras_model
+from pipeline.glue.registry import register_keras_model
 
 REGISTERED_NAME = "hits-classifier"
 

@@ -5,7 +5,8 @@ Reads ``<prepared_dir>/{train,val,test}.npz``, ``<occlusion_dir>/{train,val,test
 classifier pass + estimator, stamps (N, H, W, C) -> maps (N, H, W)),
 ``<metrics_dir>/train_estimator.json`` (training figures and the test-split fidelity
 report) and ``<plots_dir>/train_estimator/gallery.png``; logs the run ``train_estimator``
-and registers a new version of ``occlusion-estimator`` (an MLflow pyfunc).
+and registers a new version of ``occlusion-estimator`` (an MLflow pyfunc), tagged complete
+as the stage's last act (``pipeline.glue.completion``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from pipeline.glue.artifacts import (
     load_stamps_and_maps,
     stamp_geometry,
 )
+from pipeline.glue.completion import mark_complete
 from pipeline.glue.files import atomic_paths, load_params, run_stage, write_json
 from pipeline.glue.processes import fault_point
-from pipeline.glue.registry import mark_complete, register_explainer
+from pipeline.glue.registry import register_explainer
 
 REGISTERED_NAME = "occlusion-estimator"
 

@@ -135,7 +135,7 @@ def test_a_running_tracking_server_passes_the_check(tmp_path, venv_env):
 def test_recovery_fails_dead_runs_and_deletes_only_incomplete_versions(tmp_path, monkeypatch):
     import mlflow
 
-    from pipeline.glue import processes, registry
+    from pipeline.glue import completion, processes
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
     experiment_id = tracking.configure(tmp_path)
@@ -152,14 +152,14 @@ def test_recovery_fails_dead_runs_and_deletes_only_incomplete_versions(tmp_path,
         "finished": client.create_run(experiment_id, tags=dead),
     }
     client.set_terminated(runs["finished"].info.run_id, "FINISHED")
-    name = registry.REGISTERED_NAMES[1]
+    name = completion.REGISTERED_NAMES[1]
     client.create_registered_model(name)
 
     def version(run_key, complete):
         made = client.create_model_version(name, (tmp_path / "model").as_uri(),
                                           runs[run_key].info.run_id)
         if complete is not None:
-            client.set_model_version_tag(name, made.version, registry.COMPLETE_TAG, complete)
+            client.set_model_version_tag(name, made.version, completion.COMPLETE_TAG, complete)
         return made.version
 
     v_dead = version("dead", "false")  # killed after registering: deleted
@@ -179,8 +179,8 @@ def test_recovery_fails_dead_runs_and_deletes_only_incomplete_versions(tmp_path,
     left = {v.version for v in client.search_model_versions(f"name = '{name}'")}
     assert left == {v_alive, v_done, v_legacy, v_chosen}
     assert {v_dead, v_untagged}.isdisjoint(left)
-    complete = {v.version: registry.is_complete(client, v)
+    complete = {v.version: completion.is_complete(client, v)
                 for v in client.search_model_versions(f"name = '{name}'")}
     assert complete == {v_alive: False, v_done: True, v_legacy: True, v_chosen: False}
     with pytest.raises(ValueError, match="incomplete"):
-        registry.check_complete(client, client.get_model_version(name, v_alive), "x")
+        completion.check_complete(client, client.get_model_version(name, v_alive), "x")

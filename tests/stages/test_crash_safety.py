@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from conftest import copy_repo
+from pipeline.glue.completion import COMPLETE_TAG, REGISTERED_NAMES
 from pipeline.glue.files import TEMP_NAME
 from pipeline.glue.processes import FAULT_ACTION_VARIABLE, FAULT_VARIABLE, pid_alive
-from pipeline.glue.registry import COMPLETE_TAG, REGISTERED_NAMES
 
 DVC = str(Path(sys.executable).parent / "dvc")
 

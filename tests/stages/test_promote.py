@@ -123,6 +123,27 @@ def test_stage_refuses_an_evaluate_file_without_versions(project):
     assert not (tmp_path / "metrics" / "promote.json").exists()
 
 
+def test_stage_refuses_a_version_whose_stage_did_not_finish(project):
+    promote, client, tmp_path = project
+    from pipeline.glue.completion import COMPLETE_TAG
+
+    promote(GOOD)  # versions 1 (bare: registered by hand, complete) become champions
+    # a pair whose estimator's stage was killed after registering it
+    client.create_model_version("hits-classifier", source=tmp_path.as_uri())
+    version = client.create_model_version("occlusion-estimator", source=tmp_path.as_uri())
+    client.set_model_version_tag("occlusion-estimator", version.version, COMPLETE_TAG, "false")
+    judged = {"train_classifier": {"name": "hits-classifier", "version": 2},
+              "train_estimator": {"name": "occlusion-estimator", "version": 2}}
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(
+        {"judged": judged, "classifier": {"accuracy": 0.99},
+         "fidelity": {"headline": {k: v for k, v in GOOD.items() if k != "accuracy"}}}))
+    from pipeline.stages import promote as stage
+
+    with pytest.raises(ValueError, match="occlusion-estimator version 2 is incomplete"):
+        stage.main([])
+    assert _aliases(client, "occlusion-estimator") == {"champion": "1"}
+
+
 @pytest.mark.slow
 def test_promote_stage_after_the_tiny_chain(tiny_champion):
     tmp_path, env = tiny_champion
