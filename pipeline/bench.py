@@ -486,7 +486,7 @@ def bench_serving(server: str, requests: int, stamps_per_request: int, port: int
         command = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager",
                    "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
-    stamps = synthetic.make_stamps(stamps_per_request, seed=0, preset="default")["images"]
+    stamps, _, _ = synthetic.make_stamps(stamps_per_request, seed=0, preset="default")
     body = json.dumps({"inputs": stamps.tolist()}).encode()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
