@@ -445,8 +445,9 @@ def _print_consistency(f: dict) -> None:
     print(f"  called bogus, by kind: {kinds}")
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` and all its descendants, in MiB (Linux /proc)."""
+def _tree_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory (``VmRSS``; ``VmHWM``: each process's peak) of process ``pid`` and
+    all its descendants, in MiB (Linux /proc)."""
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
@@ -485,7 +486,9 @@ def bench_serving(server: str, requests: int, stamps_per_request: int, port: int
     else:
         command = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager",
                    "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    # mlflow models serve starts uvicorn through PATH: the venv's bin first
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     stamps, _, _ = synthetic.make_stamps(stamps_per_request, seed=0, preset="default")
     body = json.dumps({"inputs": stamps.tolist()}).encode()
     url = f"http://127.0.0.1:{port}"
@@ -516,16 +519,19 @@ def bench_serving(server: str, requests: int, stamps_per_request: int, port: int
             seconds.append(time.perf_counter() - start)
             assert maps.shape == (stamps_per_request, *stamps.shape[1:3])
             after.append(_tree_rss_mb(process.pid))
+        peak = _tree_rss_mb(process.pid, "VmHWM")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
     return {"server": server, "model_uri": uri, "requests": requests,
             "stamps_per_request": stamps_per_request, "request_mb": len(body) / 2**20,
             "rss_idle_mb": idle, "rss_after_mb": after, "rss_max_mb": max(after),
+            "peak_mb": peak,
             "growth_after_first_mb": after[-1] - after[0],
             "seconds_per_request": float(np.median(seconds))}
 
@@ -536,7 +542,8 @@ def _print_serving(f: dict) -> None:
           f"median {f['seconds_per_request']:.2f} s per request")
     print(f"  resident memory: idle {f['rss_idle_mb']:.0f} MiB; after each request "
           + ", ".join(f"{v:.0f}" for v in f["rss_after_mb"])
-          + f" MiB; growth after the first {f['growth_after_first_mb']:+.0f} MiB")
+          + f" MiB; growth after the first {f['growth_after_first_mb']:+.0f} MiB; peak "
+          f"(during a request) {f['peak_mb']:.0f} MiB")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -274,7 +274,7 @@ def test_bench_serving_reports_the_servers_memory_per_request(tiny_champion):
     assert figures["server"] == "occmap" and figures["requests"] == 3
     assert figures["model_uri"] == "models:/occlusion-estimator@champion"
     assert len(figures["rss_after_mb"]) == 3 and figures["rss_idle_mb"] > 100  # TF is loaded
-    assert figures["rss_max_mb"] == max(figures["rss_after_mb"])
+    assert figures["rss_max_mb"] == max(figures["rss_after_mb"]) <= figures["peak_mb"]
     assert figures["growth_after_first_mb"] == pytest.approx(
         figures["rss_after_mb"][-1] - figures["rss_after_mb"][0])
     # 5 stamps of 21x21x4 values as JSON: between 10 and 30 characters a value
