@@ -475,11 +475,11 @@ def bench_serving(server: str, requests: int, stamps_per_request: int, port: int
     import urllib.request
     from pathlib import Path
 
+    from pipeline.cli import ESTIMATOR_NAME, model_uri
     from pipeline.glue import tracking
 
     bin_dir = Path(sys.executable).parent
-    uri = (f"models:/occlusion-estimator/{model}" if model.isdigit()
-           else f"models:/occlusion-estimator@{model}")
+    uri = model_uri(ESTIMATOR_NAME, model)
     if server == "occmap":
         command = [str(bin_dir / "occmap"), "serve", "--model", model, "--port", str(port),
                    "--max-stamps", str(stamps_per_request)]

@@ -102,24 +102,44 @@ def estimated_maps(model: str, stamps: np.ndarray, batch_size: int, source: str,
     return maps, uri
 
 
-def registered_classifier(uri: str, stamps: np.ndarray, source: str):
-    """The registered classifier at ``uri``; ``ValueError`` naming ``source`` when the
-    stamps are not of its shape."""
+def open_registry(uri: str, must_exist: bool = True) -> None:
+    """Point MLflow at the store ``uri``; with ``must_exist`` (the registry is read) a
+    store that is not there or does not answer is a ``ClickException`` first."""
+    import mlflow
+
+    from pipeline.glue import tracking
+
+    if must_exist:
+        try:
+            tracking.check_store(uri, must_exist=True)
+        except tracking.StoreUnavailable as err:
+            raise click.ClickException(str(err)) from None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def cannot_load(source: str, uri: str, err) -> click.ClickException:
+    """The one-line error for a registered model that MLflow cannot give."""
+    return click.ClickException(
+        f"{source}: cannot load it from {uri} ({err.message.splitlines()[0]}); "
+        "run dvc repro to train and promote a model, or pick another --model")
+
+
+def registered_classifier(model: str, stamps: np.ndarray, source: str):
+    """Version or alias ``model`` of the registered classifier, checked complete;
+    ``ValueError`` naming ``source`` when the stamps are not of its shape."""
     import mlflow.tensorflow
 
     import pipeline.core.models  # noqa: F401  (registers the custom layers)
     from pipeline.core.explain import model_geometry
-    from pipeline.glue.completion import check_complete
+    from pipeline.glue.completion import complete_version
 
-    name, _, model = uri[len("models:/"):].replace("@", "/").partition("/")
-    client = mlflow.MlflowClient()
-    version = (client.get_model_version(name, model) if model.isdigit()
-               else client.get_model_version_by_alias(name, model))
-    check_complete(client, version, uri)
-    classifier = mlflow.tensorflow.load_model(f"models:/{name}/{version.version}")
+    version = complete_version(mlflow.MlflowClient(), CLASSIFIER_NAME, model)
+    classifier = mlflow.tensorflow.load_model(f"models:/{CLASSIFIER_NAME}/{version.version}")
     shape = model_geometry(classifier).shape
     if tuple(stamps.shape[1:]) != shape:
-        raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the classifier {uri} "
+        raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the classifier "
+                         f"{model_uri(CLASSIFIER_NAME, model)} "
                          f"takes stamps of shape {shape}")
     return classifier
 
@@ -256,7 +276,6 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
         raise click.UsageError("--classifier-file gives exact maps: add --exact (the "
                                "estimator is the registered one, trained for a classifier)")
 
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from pipeline.core.geometry import CLASS_NAMES
@@ -264,13 +283,7 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     from pipeline.glue.files import atomic_paths, save_npz
 
     uri = tracking_uri or tracking.tracking_uri()
-    if classifier_file is None:  # the registry is read: it must be there
-        try:
-            tracking.check_store(uri, must_exist=True)
-        except tracking.StoreUnavailable as err:
-            raise click.ClickException(str(err)) from None
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    open_registry(uri, must_exist=classifier_file is None)  # read only without a file
     name = CLASSIFIER_NAME if exact else ESTIMATOR_NAME
     source = (str(classifier_file) if classifier_file is not None
               else model_uri(name, model))
@@ -280,7 +293,7 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
                                          real_index, output_kind)
             result = exact_maps(classifier, images, occlusion_settings())
         elif exact:
-            classifier = registered_classifier(source, images, str(stamps))
+            classifier = registered_classifier(model, images, str(stamps))
             result = exact_maps(classifier, images, occlusion_settings())
         else:
             maps, _ = estimated_maps(model, images, batch_size, str(stamps),
@@ -289,9 +302,7 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     except MlflowException as err:
-        raise click.ClickException(
-            f"{source}: cannot load it from {uri} ({err.message.splitlines()[0]}); "
-            "run dvc repro to train and promote a model, or pick another --model") from None
+        raise cannot_load(source, uri, err) from None
     result |= {"method": np.array("exact" if exact else "estimate"),
                "model_uri": np.array(source)}
     if "labels" in arrays:
@@ -335,7 +346,6 @@ def serve(model: str, host: str, port: int, max_stamps: int, max_request_mb: flo
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
     import uvicorn
     from mlflow.exceptions import MlflowException
 
@@ -343,21 +353,14 @@ def serve(model: str, host: str, port: int, max_stamps: int, max_request_mb: flo
     from pipeline.glue.pyfunc import load_registered_explainer
 
     uri = tracking_uri or tracking.tracking_uri()
-    try:
-        tracking.check_store(uri, must_exist=True)
-    except tracking.StoreUnavailable as err:
-        raise click.ClickException(str(err)) from None
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    open_registry(uri)
     source = model_uri(ESTIMATOR_NAME, model)
     try:
         estimator, version = load_registered_explainer(ESTIMATOR_NAME, model)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     except MlflowException as err:
-        raise click.ClickException(
-            f"{source}: cannot load it from {uri} ({err.message.splitlines()[0]}); "
-            "run dvc repro to train and promote a model, or pick another --model") from None
+        raise cannot_load(source, uri, err) from None
     pinned = f"models:/{ESTIMATOR_NAME}/{version.version}"
     app = serving.make_app(estimator, pinned, max_stamps, int(max_request_mb * 2**20))
     click.echo(f"occmap serve: {source} ({pinned}) on http://{host}:{port}, at most "

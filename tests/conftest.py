@@ -84,6 +84,17 @@ def run_stage(stage, cwd, env, *args, check=True):
     return result
 
 
+def write_tiny_params(repo_root: Path, project: Path) -> None:
+    """The repository's params.yaml at ``project``, cut to the tiny chain: 120 stamps, one
+    epoch of each net, batches of 16."""
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["data"]["synthetic"]["n"] = 120
+    params["classifier"].update(epochs=1, batch_size=16)
+    params["occlusion"].update(chunk_size=7)
+    params["estimator"].update(epochs=1, batch_size=16)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
 @pytest.fixture(scope="session")
 def tiny_chain(tmp_path_factory, repo_root):
     """A project directory where prepare and train_classifier ran on 120 stamps, 1 epoch,
@@ -92,12 +103,7 @@ def tiny_chain(tmp_path_factory, repo_root):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["data"]["synthetic"]["n"] = 120
-    params["classifier"].update(epochs=1, batch_size=16)
-    params["occlusion"].update(chunk_size=7)
-    params["estimator"].update(epochs=1, batch_size=16)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_tiny_params(repo_root, tmp_path)
     (tmp_path / "data" / "raw").mkdir(parents=True)
     for stage in ("prepare", "train_classifier"):
         run_stage(stage, tmp_path, env)

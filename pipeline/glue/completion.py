@@ -49,6 +49,16 @@ def check_complete(client, version, source: str) -> None:
                          "the next stage starts: rerun dvc repro")
 
 
+def complete_version(client, name: str, model: str):
+    """The ``ModelVersion`` of registered model ``name`` that ``model`` names (a version
+    number or an alias), checked complete (``ValueError`` otherwise; MLflow's error when
+    there is no such version)."""
+    version = (client.get_model_version(name, model) if model.isdigit()
+               else client.get_model_version_by_alias(name, model))
+    check_complete(client, version, f"models:/{name}/{version.version}")
+    return version
+
+
 def remove_incomplete_versions(names=REGISTERED_NAMES) -> list[tuple[str, str, str]]:
     """Delete the incomplete versions of the registered models ``names`` whose stage is
     dead; returns (name, version, why) of each. A version is kept while the process of

@@ -83,13 +83,10 @@ def load_registered_explainer(name: str, model: str, client=None):
     import mlflow
     import yaml
 
-    from pipeline.glue.completion import check_complete
+    from pipeline.glue.completion import complete_version
 
-    client = client or mlflow.MlflowClient()
-    version = (client.get_model_version(name, model) if model.isdigit()
-               else client.get_model_version_by_alias(name, model))
+    version = complete_version(client or mlflow.MlflowClient(), name, model)
     uri = f"models:/{name}/{version.version}"
-    check_complete(client, version, uri)
     # the MLmodel file, then the explainer's file: not the code copy beside them
     with tempfile.TemporaryDirectory(prefix="occmap-model-") as folder, \
             _quiet_downloads():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 
 import numpy as np
@@ -35,25 +36,27 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 DRAIN_FACTOR = 4
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
+
+
 def release_freed_memory() -> None:
     """Hand the heap's free pages back to the system (glibc ``malloc_trim``): a request's
     parsed lists are freed but their pages stay with the process, which then grows by a
     little after each large request. Elsewhere (no glibc) nothing."""
-    global _libc
-    if _libc is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc.malloc_trim(0)
-
-
-_libc = None
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def error(status: int, code: str, message: str):
@@ -169,7 +172,6 @@ def make_app(estimator, model_uri: str, max_stamps: int = DEFAULT_MAX_STAMPS,
             maps = estimator.maps(stamps, params.get("allow_out_of_range", False))
             return json.dumps({"predictions": np.asarray(maps, np.float32).tolist()})
         finally:
-            del body
             release_freed_memory()
 
     return Starlette(routes=[

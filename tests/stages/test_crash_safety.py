@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import copy_repo
+from conftest import copy_repo, write_tiny_params
 from pipeline.glue.completion import COMPLETE_TAG, REGISTERED_NAMES
 from pipeline.glue.files import TEMP_NAME
 from pipeline.glue.processes import FAULT_ACTION_VARIABLE, FAULT_VARIABLE, pid_alive
@@ -80,12 +79,7 @@ def project(tmp_path, repo_root, venv_env):
     copy = tmp_path / "repo"
     copy_repo(repo_root, copy)
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
-    params = yaml.safe_load((copy / "params.yaml").read_text())
-    params["data"]["synthetic"]["n"] = 120
-    params["classifier"].update(epochs=1, batch_size=16)
-    params["occlusion"].update(chunk_size=7)
-    params["estimator"].update(epochs=1, batch_size=16)
-    (copy / "params.yaml").write_text(yaml.safe_dump(params))
+    write_tiny_params(repo_root, copy)
     env = {**venv_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
     env.pop(FAULT_VARIABLE, None)
     first = _repro(copy, env, "prepare", force=False)
