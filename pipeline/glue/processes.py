@@ -87,15 +87,56 @@ def fault_point(name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+# shells DVC may start a stage's command through (``$SHELL -c CMD``, /bin/sh without
+# $SHELL); dash does not exec the last command, so the stage's parent can be one of them
+SHELL_NAMES = frozenset({"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh"})
+# how often a stage started through a shell checks that its ``dvc`` process still lives
+PARENT_POLL_SECONDS = 0.5
+
+
+def _command_and_parent(pid: int) -> tuple[str, int] | None:
+    """The command name and the parent PID of ``pid`` from /proc, None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    return name, int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def launcher_pid() -> int:
+    """The PID of the process that launched this one, looking through the shells in
+    between (``SHELL_NAMES``): under DVC, the ``dvc`` process. 1 when orphaned."""
+    pid = os.getppid()
+    while pid > 1:
+        found = _command_and_parent(pid)
+        if found is None or found[0] not in SHELL_NAMES:
+            return pid
+        pid = found[1]
+    return pid
+
+
+def _terminate_when_gone(pid: int, started: str | None) -> None:
+    """Send this process SIGTERM once process ``pid`` (started at ``started``) is gone."""
+    while start_time(pid) == started:
+        time.sleep(PARENT_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def guard_stage_process() -> None:
     """Make a stage die cleanly instead of half-way:
 
     - SIGTERM raises ``SystemExit(143)``, so open runs end FAILED and temporary files are
       removed by the context managers that made them (Python's default would exit without
       running them);
-    - under DVC (``DVC_STAGE`` is set), the stage asks Linux for SIGTERM when its parent,
-      the ``dvc`` process, dies: a killed ``dvc repro`` would otherwise leave the stage
-      running as an orphan that registers a model after DVC's lock is gone.
+    - under DVC (``DVC_STAGE`` is set), the stage gets SIGTERM when the ``dvc`` process
+      dies: a killed ``dvc repro`` would otherwise leave the stage running as an orphan
+      that registers a model after DVC's lock is gone. Linux's parent-death signal covers
+      a stage whose parent is ``dvc`` itself (``SHELL=/bin/bash``: bash execs the
+      command); a stage started through a shell that stays in between (dash, DVC's
+      ``/bin/sh`` when ``$SHELL`` is unset) would outlive ``dvc`` with only that, so a
+      daemon thread also watches the ``dvc`` process (found through the shells).
     """
     def terminate(signum, frame):
         raise SystemExit(128 + signum)
@@ -104,6 +145,7 @@ def guard_stage_process() -> None:
     if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
         return
     import ctypes
+    import threading
 
     parent = os.getppid()
     try:
@@ -111,6 +153,11 @@ def guard_stage_process() -> None:
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
-        return
-    if os.getppid() != parent or parent == 1:  # the parent died before prctl took hold
-        raise SystemExit(128 + signal.SIGTERM)
+        pass
+    launcher = launcher_pid()
+    launcher_started = start_time(launcher)
+    if os.getppid() != parent or parent == 1 or launcher == 1 or launcher_started is None:
+        raise SystemExit(128 + signal.SIGTERM)  # the launcher died before we could watch it
+    if launcher != parent:
+        threading.Thread(target=_terminate_when_gone, args=(launcher, launcher_started),
+                         name="watch-dvc", daemon=True).start()

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from pipeline.glue import processes
 from pipeline.glue.files import TEMP_NAME, atomic_paths, remove_stale_temps
+
+
+def _stage_pid(shell_pid: int) -> int:
+    """The one child of ``shell_pid`` (the stage a shell started), from /proc."""
+    children = Path(f"/proc/{shell_pid}/task/{shell_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
 
 
 def _dead_pid() -> int:
@@ -89,18 +100,36 @@ def test_sigterm_ends_a_stage_through_its_cleanup(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temp file
 
 
-def test_under_dvc_a_stage_dies_with_its_parent(tmp_path):
-    # a stand-in for `dvc`: a parent that starts the stage and is then killed with SIGKILL
+def test_the_launcher_is_found_through_the_shells_in_between():
+    ask = [sys.executable, "-c",
+           "from pipeline.glue.processes import launcher_pid; print(launcher_pid())"]
+    direct = subprocess.run(ask, capture_output=True, text=True, check=True)
+    # dash and bash, each told to run more than one command, stay in between
+    nested = subprocess.run(
+        ["dash", "-c", "bash -c " + shlex.quote(shlex.join(ask) + "; true") + "; true"],
+        capture_output=True, text=True, check=True)
+    assert int(direct.stdout) == int(nested.stdout) == os.getpid()
+
+
+@pytest.mark.parametrize("through_shell", [False, True], ids=["direct", "through-dash"])
+def test_under_dvc_a_stage_dies_with_its_parent(tmp_path, through_shell):
+    # a stand-in for `dvc`: a parent that starts the stage and is then killed with SIGKILL.
+    # DVC runs `$SHELL -c CMD` (/bin/sh without $SHELL); bash execs CMD, dash stays in
+    # between, so the stage's parent is then the shell, which outlives the killed `dvc`
+    stage_command = [sys.executable, "-c", STAGE_THAT_WAITS]
+    if through_shell:
+        stage_command = ["dash", "-c", shlex.join(stage_command) + "; true"]
     parent_code = ("import subprocess, sys, time; "
-                   f"p = subprocess.Popen([sys.executable, '-c', {STAGE_THAT_WAITS!r}]); "
+                   f"p = subprocess.Popen({stage_command!r}); "
                    "print(p.pid, flush=True); time.sleep(120)")
     parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=tmp_path,
                               stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "DVC_STAGE": "train_estimator"})
-    stage_pid = int(parent.stdout.readline())
+    launched_pid = int(parent.stdout.readline())
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.*")) and time.monotonic() < deadline:
         time.sleep(0.2)
+    stage_pid = _stage_pid(launched_pid) if through_shell else launched_pid
     parent.kill()
     parent.wait()
     while processes.pid_alive(stage_pid) and time.monotonic() < deadline:

@@ -134,11 +134,14 @@ def test_killed_training_stages_leave_nothing_half_done(project):
     aliases = _aliases(client)
     _kill_at(copy, env, "train_estimator", ["logged", "registered", "written"])
 
-    # ... and `dvc repro` itself killed while the stage trains: the stage must not go on
+    # ... and `dvc repro` itself killed while the stage trains: the stage must not go on.
+    # SHELL=/bin/sh (dash, as where $SHELL is unset): the shell stays between dvc and the
+    # stage, the harder case (bash would exec the stage)
     hang = subprocess.Popen(
         [DVC, "repro", "-f", "-s", "train_estimator"], cwd=copy, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
-        env={**env, FAULT_VARIABLE: "train_estimator:epoch", FAULT_ACTION_VARIABLE: "hang"})
+        env={**env, FAULT_VARIABLE: "train_estimator:epoch", FAULT_ACTION_VARIABLE: "hang",
+             "SHELL": "/bin/sh"})
     deadline = time.monotonic() + 300
     stage_pid = None
     for line in hang.stdout:
