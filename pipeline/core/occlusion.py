@@ -116,6 +116,8 @@ class OcclusionEngine:
             raise ValueError(f"fill must be finite, got {fill!r}")
         masks = patch_masks(height, width, patch=patch, stride=stride, padding=padding)
         self.predict_fn = predict_fn
+        self.masks = masks  # (P, H, W) 0/1
+        self.fill_value = float(fill)
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.shape = (height, width)
         self.positions = len(masks)
