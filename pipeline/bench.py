@@ -118,6 +118,7 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
     import keras
     import tensorflow as tf
 
+    from pipeline.core.incremental import IncrementalOcclusionEngine
     from pipeline.core.models.classifiers import build_classifier, seen_channels_predict_fn
     from pipeline.core.occlusion import OcclusionEngine, patch_masks
 
@@ -129,6 +130,7 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
     model = build_classifier(arch, CLASSIFIER_CHANNELS[arch], geometry)
     predict, channels = seen_channels_predict_fn(model)
     engine = OcclusionEngine(predict, *geometry.map_shape, channels=channels)
+    incremental = IncrementalOcclusionEngine(model, *geometry.map_shape)
     positions = engine.positions
     seen = stamps if channels is None else stamps[..., list(channels)]
     masks = patch_masks(*geometry.map_shape)[..., None]
@@ -150,16 +152,26 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
     best_size = max(rates, key=rates.get)
     del warm
     engine.maps(stamps[slices[0]], chunk_size=chunk)  # warm-up: trace the block function
+    incremental.maps(stamps[slices[0]], chunk_size=chunk)
 
-    bound_images = bound_seconds = engine_seconds = 0.0
+    bound_images = bound_seconds = engine_seconds = incremental_seconds = 0.0
+    largest_difference = 0.0
     for part in slices:
         batches = batches_of(seen[part], best_size)
         bound_seconds += _seconds(lambda b=batches: classify_all(b).numpy())
         bound_images += batches.shape[0] * best_size
-        engine_seconds += _seconds(lambda p=part: engine.maps(stamps[p], chunk_size=chunk))
+        outputs = {}
+        engine_seconds += _seconds(lambda p=part: outputs.update(
+            batched=engine.maps(stamps[p], chunk_size=chunk)[0]))
+        incremental_seconds += _seconds(lambda p=part: outputs.update(
+            incremental=incremental.maps(stamps[p], chunk_size=chunk)[0]))
+        largest_difference = max(largest_difference, float(
+            np.abs(outputs["batched"] - outputs["incremental"]).max()))
     images_per_s = bound_images / bound_seconds
     bound = images_per_s / positions
     engine_maps_per_s = n / engine_seconds
+    incremental_maps_per_s = n / incremental_seconds
+    multiply_adds = incremental.multiply_adds()
 
     # As the study did: one stamp's occluded copies per model.predict call.
     per_stamp = stamps[:per_stamp_n]
@@ -178,8 +190,19 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
         "share_of_bound": engine_maps_per_s / bound,
         "per_stamp_maps_per_s": per_stamp_maps_per_s,
         "engine_over_per_stamp": engine_maps_per_s / per_stamp_maps_per_s,
+        "batched_maps_per_s": engine_maps_per_s,
+        "incremental_maps_per_s": incremental_maps_per_s,
+        "incremental_over_batched": incremental_maps_per_s / engine_maps_per_s,
+        "incremental_goal": INCREMENTAL_GOAL[arch],
+        "incremental_max_abs_diff": largest_difference,
+        "multiply_adds_per_map": multiply_adds,
+        "multiply_add_ratio": multiply_adds["batched"] / multiply_adds["incremental"],
         "peak_rss_gb": _peak_rss_gb(),
     }
+
+
+# Issue 21's goals for the incremental engine over the batched one, in one run.
+INCREMENTAL_GOAL = {"seed": 3.0, "deephits": 1.3}
 
 
 def _print_occlusion(f: dict) -> None:
@@ -192,6 +215,10 @@ def _print_occlusion(f: dict) -> None:
           f"({f['share_of_bound']:.1%} of the bound; goal >= 90 %)")
     print(f"per-stamp model.predict   {f['per_stamp_maps_per_s']:12.1f} maps/s "
           f"(engine is {f['engine_over_per_stamp']:.1f}x faster)")
+    print(f"incremental engine        {f['incremental_maps_per_s']:12.1f} maps/s "
+          f"({f['incremental_over_batched']:.2f}x the batched engine; goal >= "
+          f"{f['incremental_goal']}x; multiply-adds {f['multiply_add_ratio']:.2f}x fewer, "
+          f"the bound); max |difference| {f['incremental_max_abs_diff']:.1e}")
     print(f"peak resident memory      {f['peak_rss_gb']:12.2f} GB")
 
 

@@ -6,6 +6,8 @@ Every shape comes from the model's own input (H, W, C), never from a constant.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from pipeline.core.geometry import StampGeometry, check_unit_range
@@ -42,17 +44,35 @@ def check_stamps(stamps, shape: tuple[int, int, int], source: str = "input",
 
 def engine_for(classifier, occlusion):
     """The exact engine for a Keras classifier under ``occlusion`` (an ``OcclusionParams``:
-    patch, stride, fill, padding, reduce), on the classifier's stamp size; only the
-    channels the classifier sees are copied."""
+    patch, stride, fill, padding, reduce, engine), on the classifier's stamp size; only
+    the channels the classifier sees are copied.
+
+    ``engine``: ``batched`` (``OcclusionEngine``), ``incremental``
+    (``IncrementalOcclusionEngine``; a ``ValueError`` saying why for a classifier it cannot
+    run) or ``auto``: incremental where it can run the classifier, else batched, with one
+    log line (WARNING, logger ``pipeline.occlusion``) saying why. The engine's ``name``
+    says which one it is.
+    """
+    from pipeline.core.incremental import IncrementalOcclusionEngine, NotIncremental
     from pipeline.core.models.classifiers import seen_channels_predict_fn
     from pipeline.core.occlusion import OcclusionEngine
 
-    predict, channels = seen_channels_predict_fn(classifier)
     height, width = model_geometry(classifier).map_shape
-    return OcclusionEngine(predict, height, width, patch=occlusion.patch,
-                           stride=occlusion.stride, fill=occlusion.fill,
-                           padding=occlusion.padding, reduce=occlusion.reduce,
-                           channels=channels)
+    settings = dict(patch=occlusion.patch, stride=occlusion.stride, fill=occlusion.fill,
+                    padding=occlusion.padding, reduce=occlusion.reduce)
+    choice = getattr(occlusion, "engine", "batched")
+    if choice in ("auto", "incremental"):
+        try:
+            return IncrementalOcclusionEngine(classifier, height, width, **settings)
+        except NotIncremental as err:
+            if choice == "incremental":
+                raise ValueError(f"occlusion.engine incremental cannot run classifier "
+                                 f"{classifier.name!r}: {err}") from None
+            logging.getLogger("pipeline.occlusion").warning(
+                "exact maps: the batched engine (the incremental engine cannot run "
+                "classifier %r: %s)", classifier.name, err)
+    predict, channels = seen_channels_predict_fn(classifier)
+    return OcclusionEngine(predict, height, width, channels=channels, **settings)
 
 
 def compile_explainer(model):

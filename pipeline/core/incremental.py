@@ -16,7 +16,8 @@ Supported chains (anything else is refused with ``NotIncremental`` saying why, a
 caller falls back to the batched engine):
 
     [SelectChannels] [RotationStack] (Conv2D | MaxPooling2D | AveragePooling2D (valid) |
-    ZeroPadding2D | Cropping2D | pointwise)* Flatten [RotationPool] Dense row-wise*
+    ZeroPadding2D | Cropping2D | pointwise)* Flatten [RotationPool] dropout* Dense
+    row-wise*
 
 with convolutions and poolings of any kernel and stride, ``same`` or ``valid`` padding,
 dilation 1, one group, channels last. Nested models are followed layer by layer. With
@@ -45,9 +46,8 @@ from pipeline.core.occlusion import OcclusionEngine
 POINTWISE = (layers.Activation, layers.ReLU, layers.LeakyReLU, layers.ELU, layers.Softmax,
              layers.Dropout, layers.SpatialDropout2D, layers.GaussianNoise,
              layers.GaussianDropout, layers.AlphaDropout, layers.BatchNormalization)
-SPATIAL = (layers.Conv2D, layers.MaxPooling2D, layers.AveragePooling2D,
-           layers.ZeroPadding2D, layers.Cropping2D)
-
+INFERENCE_IDENTITY = (layers.Dropout, layers.GaussianNoise, layers.GaussianDropout,
+                      layers.AlphaDropout)
 
 class NotIncremental(ValueError):
     """A model the incremental engine cannot run; the message says which layer and why."""
@@ -189,6 +189,8 @@ def plan_chain(model) -> Chain:
         if not operations or not isinstance(operations[0], RotationPool):
             raise NotIncremental("RotationStack without RotationPool right after Flatten")
         operations.pop(0)
+    while operations and isinstance(operations[0], INFERENCE_IDENTITY):
+        operations.pop(0)  # dropout: nothing at inference
     if not operations or not isinstance(operations[0], layers.Dense):
         after = operations[0] if operations else None
         raise NotIncremental("Flatten is not followed by a Dense layer"
@@ -274,6 +276,8 @@ class IncrementalOcclusionEngine(OcclusionEngine):
     chunking it shares), except that it takes the model: ``NotIncremental`` when the model
     is not a supported chain (see the module docstring)."""
 
+    name = "incremental"
+
     def __init__(self, model, height: int, width: int, *, patch: int = 3, stride: int = 1,
                  fill: float = 0.0, padding: str = "same", reduce: str = "mean"):
         chain = plan_chain(model)
@@ -313,6 +317,7 @@ class IncrementalOcclusionEngine(OcclusionEngine):
         self.queries = len(turned)
         self._first_shape = length
         self._assemblies = []
+        self._window_lengths = []  # each window step's output window (rows, columns)
         for step in chain.steps:
             out_size = step.out_shape[:2]
             if step.kind == "pointwise":
@@ -335,6 +340,7 @@ class IncrementalOcclusionEngine(OcclusionEngine):
             assembly.cache_index = tf.constant(assembly.cache_index)
             assembly.from_window = tf.constant(assembly.from_window)
             self._assemblies.append((assembly, full, tuple(out_length)))
+            self._window_lengths.append(tuple(out_length))
             low, high, start, length, size = new_low, new_high, out_start, out_length, out_size
         # the first Dense: its input rows of each position's last window
         last_channels = chain.steps[-1].out_shape[2] if chain.steps else chain.in_shape[2]
@@ -346,6 +352,34 @@ class IncrementalOcclusionEngine(OcclusionEngine):
         self._last_cells = tf.constant((copy[:, None] * size[0] * size[1] + cells).astype(np.int32))
         rows = cells[:, :, None] * last_channels + np.arange(last_channels)
         self._dense_rows = tf.constant(rows.reshape(len(copy), -1).astype(np.int32))
+
+    def multiply_adds(self) -> dict:
+        """Multiply-adds of the convolutions and Dense layers per map (all positions),
+        {"batched": the full net on every occluded copy, "incremental": the windows, the
+        first Dense's changed rows and the cached pass}: their ratio bounds the gain
+        (poolings, gathers and activations aside)."""
+        chain, rotations = self.chain, self.chain.rotations
+        full = window = 0
+        lengths = iter(self._window_lengths)
+        for step in chain.steps:
+            if step.kind == "pointwise":
+                continue
+            length = next(lengths)
+            if isinstance(step.layer, layers.Conv2D):
+                per_cell = int(np.prod(step.kernel)) * int(step.layer.kernel.shape[2]) * \
+                    step.out_shape[2]
+                full += step.out_shape[0] * step.out_shape[1] * per_cell * rotations
+                window += length[0] * length[1] * per_cell * rotations
+        units = int(chain.dense.kernel.shape[1])
+        features = int(chain.dense.kernel.shape[0])
+        full += features * units  # after RotationPool's mean: once per occluded stamp
+        window += (features if self._last_full else
+                   rotations * int(np.prod(self._last_shape))) * units
+        tail = sum(int(np.prod(layer.kernel.shape)) for layer in chain.tail
+                   if isinstance(layer, layers.Dense))
+        full, window = full + tail, window + tail
+        return {"batched": self.positions * full,
+                "incremental": self.positions * window + full}
 
     def _cache(self, stamps):
         """The unoccluded stamps' activations: the tower's input and each step's output,

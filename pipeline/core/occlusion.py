@@ -105,6 +105,8 @@ class OcclusionEngine:
     """Exact occlusion maps for one classifier and one setting; reuse it across calls so
     the compiled function is traced once. See ``occlusion_maps`` for the arguments."""
 
+    name = "batched"  # every occluded copy through the whole classifier
+
     def __init__(self, predict_fn: Callable, height: int, width: int, *, patch: int = 3,
                  stride: int = 1, fill: float = 0.0, padding: str = "same",
                  reduce: str = "mean", channels: tuple[int, ...] | None = None):

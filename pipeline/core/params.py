@@ -259,6 +259,7 @@ class OcclusionParams(Section):
 
     SECTION = "occlusion"
     TARGETS = ("predicted", "label")
+    ENGINES = ("auto", "batched", "incremental")
 
     patch: int = 3
     stride: int = 1
@@ -268,6 +269,10 @@ class OcclusionParams(Section):
     target: str = param("predicted", choices=TARGETS)  # predicted | label
     # stamps per classifier batch (chunk_size * 441 images)
     chunk_size: int = param(4, at_least=1)
+    # batched: every occluded copy through the whole net; incremental: only what each
+    # patch changes (core/incremental.py; refused for a net it cannot run); auto:
+    # incremental where the net allows it, else batched with a log line saying why
+    engine: str = param("auto", choices=ENGINES)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ def main() -> None:
     cfg = OcclusionParams.from_dict(params.get("occlusion", {}))
     splits = load_prepared(paths.prepared_dir)
     engine = engine_for(load_model(Path(paths.models_dir) / "classifier.keras"), cfg)
-    summary: dict = {"settings": dataclasses.asdict(cfg) | {"positions": engine.positions}}
+    summary: dict = {"settings": dataclasses.asdict(cfg) | {"positions": engine.positions},
+                     "engine_used": engine.name}
+    print(f"occlusion_maps: the {engine.name} exact engine")
     out_dir = Path(paths.occlusion_dir)
     with atomic_paths(*(out_dir / f"{name}.npz" for name in SPLITS)) as temps:
         for name, temp in zip(SPLITS, temps, strict=True):
