@@ -161,9 +161,9 @@ def bench_occlusion(arch: str, n: int, seed: int, chunk_size: int | None,
         bound_seconds += _seconds(lambda b=batches: classify_all(b).numpy())
         bound_images += batches.shape[0] * best_size
         outputs = {}
-        engine_seconds += _seconds(lambda p=part: outputs.update(
+        engine_seconds += _seconds(lambda p=part, o=outputs: o.update(
             batched=engine.maps(stamps[p], chunk_size=chunk)[0]))
-        incremental_seconds += _seconds(lambda p=part: outputs.update(
+        incremental_seconds += _seconds(lambda p=part, o=outputs: o.update(
             incremental=incremental.maps(stamps[p], chunk_size=chunk)[0]))
         largest_difference = max(largest_difference, float(
             np.abs(outputs["batched"] - outputs["incremental"]).max()))

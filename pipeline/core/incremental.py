@@ -305,7 +305,7 @@ class IncrementalOcclusionEngine(OcclusionEngine):
         low = [rows.argmax(1), cols.argmax(1)]
         high = [rows.shape[1] - rows[:, ::-1].argmax(1), cols.shape[1] - cols[:, ::-1].argmax(1)]
         size = chain.in_shape[:2]
-        start, length = zip(*(_window(low[a], high[a], size[a]) for a in (0, 1)))
+        start, length = zip(*(_window(low[a], high[a], size[a]) for a in (0, 1)), strict=True)
         # the input window: the stamp's cells, with the patch's cells hidden
         first = _assembly(copy, size, start, length, start, length,
                           SpatialStep(None, "shift", (1, 1), (1, 1), (0, 0), 0.0, ()))
@@ -330,7 +330,7 @@ class IncrementalOcclusionEngine(OcclusionEngine):
                 new_low.append(lo)
                 new_high.append(hi)
             out_start, out_length = zip(*(_window(new_low[a], new_high[a], out_size[a])
-                                          for a in (0, 1)))
+                                          for a in (0, 1)), strict=True)
             full = (tuple(length) == tuple(size) and tuple(out_length) == tuple(out_size))
             assembly = _assembly(copy, size, start, length, out_start, out_length, step)
             # index into the windows of one stamp, (Q, n_previous) rows
@@ -411,7 +411,7 @@ class IncrementalOcclusionEngine(OcclusionEngine):
             window = window + self.fill_value * self._hidden
         window = tf.reshape(window, [m * self.queries, -1, source.shape[-1]])
         shape = self._first_shape
-        for step, before, plan in zip(chain.steps, cached[:-1], self._assemblies):
+        for step, before, plan in zip(chain.steps, cached[:-1], self._assemblies, strict=True):
             channels = window.shape[-1]
             if plan is None:  # pointwise: the same window
                 flat = tf.reshape(window, [-1, *shape, channels])
