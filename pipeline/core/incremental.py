@@ -206,15 +206,6 @@ def plan_chain(model) -> Chain:
     return Chain(channels, rotations, shape, tuple(steps), dense, tuple(operations))
 
 
-def supports(model) -> str | None:
-    """None when the incremental engine can run ``model``, else why not (one line)."""
-    try:
-        plan_chain(model)
-    except NotIncremental as err:
-        return str(err)
-    return None
-
-
 # --- geometry: the changed box of every position, layer by layer (numpy, once) ----------
 
 def _grow(low: np.ndarray, high: np.ndarray, kernel: int, stride: int, before: int,
