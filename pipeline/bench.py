@@ -229,14 +229,17 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
                     chunk_size: int | None, batch_size: int = ESTIMATOR_BATCH,
                     stamp_size: int = 21) -> dict:
     """Estimated maps/s (the explainer: classifier pass + estimator, compiled, batches of
-    ``batch_size`` stamps) and exact maps/s (the engine) on the same stamps, timed
-    alternately over ``SLICES`` slices in this process after warm-up; their ratio.
+    ``batch_size`` stamps) and exact maps/s (both engines: batched and incremental) on
+    the same stamps, timed alternately over ``SLICES`` slices in this process after
+    warm-up; the speedup over the faster engine (and over the batched one), and the
+    explanation's overhead over the classifier pass alone.
 
     The exact engine is slow for the deep net, so ``n`` stays small there; the estimator
     then sees the same stamps repeated up to full batches, as a stream would fill them."""
     import keras
     import tensorflow as tf
 
+    from pipeline.core.incremental import IncrementalOcclusionEngine
     from pipeline.core.models import estimators
     from pipeline.core.models.classifiers import build_classifier, seen_channels_predict_fn
     from pipeline.core.occlusion import OcclusionEngine
@@ -259,7 +262,8 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
     estimate_only = tf.function(lambda x, c: model([x, c], training=False),
                                 reduce_retracing=True)
     predict, seen = seen_channels_predict_fn(classifier)
-    engine = OcclusionEngine(predict, *geometry.map_shape, channels=seen)
+    engines = {"batched": OcclusionEngine(predict, *geometry.map_shape, channels=seen),
+               "incremental": IncrementalOcclusionEngine(classifier, *geometry.map_shape)}
 
     slices = np.array_split(np.arange(n), min(SLICES, n))
     batches = [tf.constant(np.resize(stamps[part], (batch_size, *geometry.shape)))
@@ -269,16 +273,22 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
     explain(batches[0]).numpy()  # warm-up: trace
     classify(batches[0]).numpy()
     estimate_only(batches[0], conditions[0]).numpy()
-    engine.maps(stamps[slices[0]], chunk_size=chunk)
-    seconds = {"estimator": 0.0, "engine": 0.0, "classifier": 0.0, "estimator_only": 0.0}
+    for engine in engines.values():
+        engine.maps(stamps[slices[0]], chunk_size=chunk)
+    seconds = {"estimator": 0.0, "classifier": 0.0, "estimator_only": 0.0,
+               **dict.fromkeys(engines, 0.0)}
     for part, batch, vector in zip(slices, batches, conditions, strict=True):
-        seconds["estimator"] += _seconds(lambda b=batch: explain(b).numpy())
-        seconds["engine"] += _seconds(lambda p=part: engine.maps(stamps[p], chunk_size=chunk))
         seconds["classifier"] += _seconds(lambda b=batch: classify(b).numpy())
+        seconds["estimator"] += _seconds(lambda b=batch: explain(b).numpy())
+        for name, engine in engines.items():
+            seconds[name] += _seconds(lambda p=part, e=engine: e.maps(stamps[p],
+                                                                      chunk_size=chunk))
         seconds["estimator_only"] += _seconds(lambda b=batch, c=vector: estimate_only(b, c).numpy())
     estimated = len(slices) * batch_size
     estimator_maps_per_s = estimated / seconds["estimator"]
-    exact_maps_per_s = n / seconds["engine"]
+    exact = {name: n / seconds[name] for name in engines}
+    fastest = max(exact, key=exact.get)
+    exact_maps_per_s = exact[fastest]
     return {
         "arch": arch, "estimator": estimator, "condition": condition, "n": n,
         "chunk_size": chunk, "estimator_batch": batch_size,
@@ -286,9 +296,15 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
         "estimator_parameters": model.count_params(),
         "estimator_maps_per_s": estimator_maps_per_s,
         "exact_maps_per_s": exact_maps_per_s,
+        "exact_engine": fastest,
+        "batched_maps_per_s": exact["batched"],
+        "incremental_maps_per_s": exact["incremental"],
         "speedup": estimator_maps_per_s / exact_maps_per_s,
+        "speedup_over_batched": estimator_maps_per_s / exact["batched"],
         "speedup_goal": SPEEDUP_GOAL[arch],
         "classifier_pass_per_s": estimated / seconds["classifier"],
+        "explanation_overhead": seconds["estimator"] / seconds["classifier"] - 1.0,
+        "explanation_overhead_goal": EXPLANATION_OVERHEAD_GOAL.get((arch, estimator)),
         "speedup_ceiling": estimated / seconds["classifier"] / exact_maps_per_s,
         "estimator_only_maps_per_s": estimated / seconds["estimator_only"],
         "marginal_speedup": estimated / seconds["estimator_only"] / exact_maps_per_s,
@@ -297,6 +313,10 @@ def bench_estimator(arch: str, estimator: str, condition: str, n: int, seed: int
 
 
 SPEEDUP_GOAL = {"seed": 25.0, "deephits": 441.0}
+# Issue 21: the deep explainer (tap_ae on deephits) at most 10 % over the classifier pass;
+# no goal is set for the other pairs (the seed net's pass is so cheap that any estimator
+# costs more than it).
+EXPLANATION_OVERHEAD_GOAL = {("deephits", "tap_ae"): 0.10}
 
 
 def _print_estimator(f: dict) -> None:
@@ -304,12 +324,17 @@ def _print_estimator(f: dict) -> None:
           f"{f['condition']!r}) for the {f['arch']} classifier "
           f"({f['classifier_parameters']} parameters), {f['n']} stamps")
     print(f"estimated maps (classifier pass included) {f['estimator_maps_per_s']:12.1f} maps/s")
-    print(f"exact maps (engine, chunks of {f['chunk_size']})        "
-          f"{f['exact_maps_per_s']:12.1f} maps/s")
-    print(f"speedup                                   {f['speedup']:12.1f}x "
-          f"(goal >= {f['speedup_goal']:.0f}x)")
+    print(f"exact maps, batched engine (chunks of {f['chunk_size']}) "
+          f"{f['batched_maps_per_s']:12.1f} maps/s")
+    print(f"exact maps, incremental engine            {f['incremental_maps_per_s']:12.1f} maps/s")
+    print(f"speedup over the {f['exact_engine']:11s} engine     {f['speedup']:12.1f}x "
+          f"(goal >= {f['speedup_goal']:.0f}x; {f['speedup_over_batched']:.1f}x over the "
+          "batched engine)")
     print(f"classifier pass alone                     {f['classifier_pass_per_s']:12.1f} "
           f"stamps/s: no class-conditioned estimator beats {f['speedup_ceiling']:.0f}x")
+    goal = f["explanation_overhead_goal"]
+    print(f"explanation overhead over that pass       {f['explanation_overhead']:12.1%} "
+          + (f"(goal <= {goal:.0%})" if goal is not None else "(no goal for this pair)"))
     print(f"estimator alone, given the class          {f['estimator_only_maps_per_s']:12.1f} "
           f"maps/s: marginal speedup {f['marginal_speedup']:.0f}x (a broker classifies anyway)")
 

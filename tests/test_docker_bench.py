@@ -65,5 +65,14 @@ def test_estimator_benchmark_prints_json_last(repo_root):
         assert figures[key] > 0, key
     assert figures["speedup"] == pytest.approx(
         figures["estimator_maps_per_s"] / figures["exact_maps_per_s"])
+    # both exact engines timed; the speedup is over the faster, and over the batched beside
+    engines = {"batched": figures["batched_maps_per_s"],
+               "incremental": figures["incremental_maps_per_s"]}
+    assert figures["exact_engine"] == max(engines, key=engines.get)
+    assert figures["exact_maps_per_s"] == engines[figures["exact_engine"]]
+    assert figures["speedup_over_batched"] == pytest.approx(
+        figures["estimator_maps_per_s"] / figures["batched_maps_per_s"])
+    assert figures["explanation_overhead"] == pytest.approx(
+        figures["classifier_pass_per_s"] / figures["estimator_maps_per_s"] - 1)
     assert (figures["estimator"], figures["condition"], figures["estimator_batch"],
             figures["speedup_goal"]) == ("tap_ae", "taps", 512, 25.0)

@@ -146,8 +146,13 @@ def test_evaluate_stage_end_to_end(tiny_champion):
         faith["auc_estimate"] / faith["auc_exact"])
     assert {"all", "real", "bogus", "kind:real"} <= set(figures["localisation"])
     assert figures["sanity"]["n"] == 30
-    assert figures["speed"]["speedup"] == pytest.approx(
-        figures["speed"]["estimator_maps_per_s"] / figures["speed"]["exact_maps_per_s"])
+    speed = figures["speed"]
+    assert speed["speedup"] == pytest.approx(
+        speed["estimator_maps_per_s"] / speed["exact_maps_per_s"])
+    # engine auto on the seed net: the incremental engine, the batched one timed beside it
+    assert speed["exact_engine"] == "incremental"
+    assert speed["speedup_over_batched"] == pytest.approx(
+        speed["estimator_maps_per_s"] / speed["batched_maps_per_s"])
     assert figures["judged"]["train_estimator"]["version"] == 1
     out = tmp_path / "plots" / "evaluate"
     assert sorted(p.name for p in out.iterdir()) == [

@@ -49,6 +49,7 @@ from keras import layers, ops
 
 from pipeline.core.models.imported import is_opaque
 from pipeline.core.models.layers import (
+    AlignedPointwise,
     AlignRotations,
     ClassCondition,
     Headroom,
@@ -247,7 +248,10 @@ def build_tap_ae(stamp_shape, channels, condition_dim: int, spec: list[dict] | N
                  detail_filters: int = 16, name: str = "tap_ae") -> keras.Model:
     """[stamps (B,H,W,C), condition (B, 3 + F + h*w*c): ``taps`` of a classifier whose
     tapped activations are ``tap_shape`` (h, w, c)] -> drop x p - rise x (1 - p)
-    (B,H,W), in [-(1 - p), p] as in ``headroom_ae``."""
+    (B,H,W), in [-(1 - p), p] as in ``headroom_ae``.
+
+    Trained on the flat condition (what the training sets store); ``explainer`` hands the
+    same layers the tapped tensor directly (``_fused_tap_explainer``)."""
     tap_size = tap_shape[0] * tap_shape[1] * tap_shape[2]
     if condition_dim < 3 + tap_size:
         raise ValueError(f"tap_ae needs the taps condition ({3 + tap_size}+ values for taps "
@@ -256,25 +260,51 @@ def build_tap_ae(stamp_shape, channels, condition_dim: int, spec: list[dict] | N
     stamps = keras.Input(stamp_shape, name="stamps")
     condition = keras.Input((condition_dim,), name="condition")
     vector, taps = SplitCondition(tap_shape, name="split_condition")(condition)
-    height, width_cells = tap_shape[:2]
-    context = layers.Dense(condition_width, activation="relu", name="context")(vector)
-    x = layers.Conv2D(width, 1, activation="relu", name="tap_reduce")(taps)
-    x = layers.Concatenate(name="tap_context")(
-        [x, TileCondition(height, width_cells, name="tile")(context)])
-    for i in (1, 2):
-        x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"tap_conv{i}")(x)
-    if (height, width_cells) != map_shape:
-        x = layers.Resizing(*map_shape, interpolation="bilinear", name="to_stamp_grid")(x)
-    detail = SelectChannels(channels, name="channels")(stamps)
-    x = layers.Concatenate(name="with_stamp")([x, detail])
-    x = layers.Conv2D(detail_filters, 3, padding="same", activation="relu", name="detail")(x)
-    shares = []
+    context = layers.Dense(condition_width, activation="relu", name="context")
+    context.build(vector.shape)  # before tap_reduce: the order a seed draws weights in
+    reduced = layers.Conv2D(width, 1, activation="relu", name="tap_reduce")(taps)
+    head = {
+        "context": context,
+        "tile": TileCondition(*tap_shape[:2], name="tile"),
+        "tap_context": layers.Concatenate(name="tap_context"),
+        **{f"tap_conv{i}": layers.Conv2D(width, 3, padding="same", activation="relu",
+                                         name=f"tap_conv{i}") for i in (1, 2)},
+        "channels": SelectChannels(channels, name="channels"),
+        "with_stamp": layers.Concatenate(name="with_stamp"),
+        "detail": layers.Conv2D(detail_filters, 3, padding="same", activation="relu",
+                                name="detail"),
+        "map": Headroom(margin_index=2, name="map"),
+    }
+    if tuple(tap_shape[:2]) != map_shape:
+        head["to_stamp_grid"] = layers.Resizing(*map_shape, interpolation="bilinear",
+                                                name="to_stamp_grid")
     for label in ("drop", "rise"):  # of p removed, of 1 - p added; start near 0 as most maps
-        share = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name=f"{label}_out",
-                              bias_initializer=keras.initializers.Constant(SHARE_BIAS))(x)
-        shares.append(layers.Reshape(map_shape, name=f"{label}_map")(share))
-    maps = Headroom(margin_index=2, name="map")([*shares, condition])
+        head[f"{label}_out"] = layers.Conv2D(
+            1, 3, padding="same", activation="sigmoid", name=f"{label}_out",
+            bias_initializer=keras.initializers.Constant(SHARE_BIAS))
+        head[f"{label}_map"] = layers.Reshape(map_shape, name=f"{label}_map")
+    maps = _tap_decode(head, stamps, vector, reduced)
     return keras.Model([stamps, condition], maps, name=name)
+
+
+TAP_HEAD = ("context", "tile", "tap_context", "tap_conv1", "tap_conv2", "to_stamp_grid",
+            "channels", "with_stamp", "detail", "drop_out", "rise_out", "drop_map",
+            "rise_map", "map")
+
+
+def _tap_decode(head: dict, stamps, vector, reduced):
+    """``tap_ae``'s decoder: stamps (B,H,W,C), vector (B, 3 + F: class, margin, features)
+    and the reduced taps (B, h, w, width) -> map (B,H,W), through the layers in ``head``
+    (named as in ``TAP_HEAD``; ``to_stamp_grid`` only where h x w is not H x W)."""
+    context = head["context"](vector)
+    x = head["tap_context"]([reduced, head["tile"](context)])
+    for i in (1, 2):
+        x = head[f"tap_conv{i}"](x)
+    if "to_stamp_grid" in head:
+        x = head["to_stamp_grid"](x)
+    x = head["detail"](head["with_stamp"]([x, head["channels"](stamps)]))
+    shares = [head[f"{label}_map"](head[f"{label}_out"](x)) for label in ("drop", "rise")]
+    return head["map"]([*shares, vector])  # column 2 of the vector: the scaled margin
 
 
 def build_unet(stamp_shape, channels, condition_dim: int, spec: list[dict] | None = None, *,
@@ -354,10 +384,44 @@ def copy_encoder_weights(estimator: keras.Model, classifier: keras.Model, spec: 
 
 def explainer(classifier: keras.Model, estimator: keras.Model, condition: str) -> keras.Model:
     """stamps (B, H, W, C) -> estimated maps (B, H, W): the classifier pass that
-    conditions the estimator and the estimator, in one self-contained model."""
+    conditions the estimator and the estimator, in one self-contained model. A ``tap_ae``
+    estimator gets the tapped activations inside the graph (``_fused_tap_explainer``)."""
     stamps = keras.Input(input_stamp_shape(classifier), name="stamps")
+    if condition == "taps" and _is_tap_decoder(estimator):
+        return _fused_tap_explainer(classifier, estimator, stamps)
     vector = condition_model(classifier, condition)(stamps)
     return keras.Model(stamps, estimator([stamps, vector]), name=f"{estimator.name}_explainer")
+
+
+def _is_tap_decoder(estimator: keras.Model) -> bool:
+    names = {layer.name for layer in estimator.layers}
+    return {"split_condition", "tap_reduce"} <= names and set(TAP_HEAD) - {"to_stamp_grid"} <= names
+
+
+def _fused_tap_explainer(classifier: keras.Model, estimator: keras.Model, stamps) -> keras.Model:
+    """The ``tap_ae`` explainer with the tapped tensor handed straight to its decoder: the
+    same function (the same layers and weights) as condition_model + estimator, without
+    flattening the taps (deephits: 25,600 values a stamp) into the condition vector, copying
+    them there and splitting them out again. A rotation stack's four rotations are reduced
+    by ``AlignedPointwise`` (the estimator's ``tap_reduce`` weights) before they are turned
+    back, so only a quarter of the channels are turned."""
+    classifier.trainable = False
+    tapped = keras.Model(classifier.input, [classifier.output,
+                                            classifier.get_layer("probabilities").input,
+                                            _tap_tensor(classifier)],
+                         name=f"{classifier.name}_tapped")
+    probabilities, features, taps = tapped(stamps, training=False)
+    vector = layers.Concatenate(name="condition")(
+        [ClassCondition(margin=True, name="class_margin")(probabilities), features])
+    tap_reduce = estimator.get_layer("tap_reduce")
+    if _rotation_stacked(classifier):
+        reduced = AlignedPointwise.from_conv(tap_reduce, name="aligned_tap_reduce")(taps)
+    else:
+        reduced = tap_reduce(taps)
+    names = {layer.name for layer in estimator.layers}
+    head = {name: estimator.get_layer(name) for name in TAP_HEAD if name in names}
+    maps = _tap_decode(head, stamps, vector, reduced)
+    return keras.Model(stamps, maps, name=f"{estimator.name}_explainer")
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

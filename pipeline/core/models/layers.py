@@ -97,6 +97,73 @@ class AlignRotations(keras.layers.Layer):
         batch = None if input_shape[0] is None else input_shape[0] // 4
         return (batch, *input_shape[1:3], 4 * input_shape[3])
 
+def turn_back(images, turns: int):
+    """(B, H, W, C) images turned back (clockwise) by ``turns`` quarter turns (H == W):
+    the inverse of ``turns`` applications of ``rotate90``, in one or two copies."""
+    turns %= 4
+    if turns == 0:
+        return images
+    if turns == 2:
+        return ops.flip(images, axis=(1, 2))
+    if turns == 3:
+        return rotate90(images)
+    return ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class AlignedPointwise(keras.layers.Layer):
+    """(4B, h, w, c) feature maps of ``RotationStack``'s four rotations -> (B, h, w, filters):
+    exactly a 1x1 convolution (kernel (1, 1, 4c, filters), bias, activation) applied to
+    ``AlignRotations``' output, without building that (B, h, w, 4c) tensor.
+
+    A 1x1 convolution commutes with quarter turns, so each rotation's c channels are first
+    reduced to ``filters`` with its own slice of the kernel (one batched matmul), and only
+    those smaller maps are turned back and summed. A deep net's taps (deephits: 4 x 64
+    channels on 10x10) then cross memory once instead of being copied by every rotation,
+    the flattening into the condition vector and the split out of it.
+    """
+
+    def __init__(self, filters: int, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.kernel = self.add_weight(shape=(4, channels, self.filters), name="kernel")
+        self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
+
+    @classmethod
+    def from_conv(cls, conv: keras.layers.Conv2D, name: str) -> AlignedPointwise:
+        """The layer computing ``conv`` (a 1x1 Conv2D on ``AlignRotations``' 4c channels),
+        its weights copied (kernel (1, 1, 4c, f) -> (4, c, f): rotation 0's rows first)."""
+        kernel, bias = conv.get_weights()
+        if kernel.shape[:2] != (1, 1) or kernel.shape[2] % 4:
+            raise ValueError(f"layer {conv.name!r} is not a 1x1 convolution of four "
+                             f"rotations' channels (kernel {kernel.shape})")
+        layer = cls(kernel.shape[3], keras.activations.serialize(conv.activation), name=name)
+        layer.build((None, 1, 1, kernel.shape[2] // 4))
+        layer.set_weights([kernel.reshape(4, kernel.shape[2] // 4, kernel.shape[3]), bias])
+        return layer
+
+    def call(self, inputs):
+        height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+        reduced = ops.matmul(ops.reshape(inputs, (4, -1, channels)), self.kernel)
+        reduced = ops.reshape(reduced, (4, -1, height, width, self.filters))
+        total = reduced[0]
+        for k in (1, 2, 3):
+            total = total + turn_back(reduced[k], k)
+        return self.activation(total + self.bias)
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else input_shape[0] // 4
+        return (batch, *input_shape[1:3], self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "activation": keras.activations.serialize(self.activation)}
+
+
 # Softmax margins beyond this many nats are all "saturated": their maps are ~0 anyway.
 MARGIN_CAP = 30.0
 MARGIN_SCALE = 10.0  # the margin is passed on divided by this, to lie in [0, 3]

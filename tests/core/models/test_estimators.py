@@ -10,6 +10,7 @@ keras = pytest.importorskip("keras")
 from pipeline.core.models import estimators  # noqa: E402
 from pipeline.core.models.classifiers import build_classifier  # noqa: E402
 from pipeline.core.models.layers import (  # noqa: E402
+    AlignedPointwise,
     AlignRotations,
     ClassCondition,
     Headroom,
@@ -149,6 +150,53 @@ def test_tap_ae_maps_stay_inside_the_bounds_and_reload(tmp_path):
     assert (maps <= p + 1e-6).all() and (maps >= -(1 - p) - 1e-6).all()
     explainer.save(tmp_path / "tap.keras")
     again = keras.saving.load_model(tmp_path / "tap.keras", compile=False)
+    np.testing.assert_allclose(again.predict(STAMPS, verbose=0), maps, atol=1e-6)
+
+
+def test_aligned_pointwise_is_the_1x1_conv_of_the_aligned_rotations_by_hand():
+    # numpy: turn rotation k's maps back by k quarter turns, stack the four on the channel
+    # axis, then one 1x1 conv (a matmul per pixel) and ReLU.
+    rng = np.random.default_rng(5)
+    taps = rng.normal(size=(4 * 3, 5, 5, 6)).astype(np.float32)  # 3 stamps x 4 rotations
+    conv = keras.layers.Conv2D(7, 1, activation="relu")
+    conv.build((None, 5, 5, 24))
+    conv.set_weights([rng.normal(size=(1, 1, 24, 7)).astype(np.float32),
+                      rng.normal(size=7).astype(np.float32)])
+    aligned = np.concatenate([np.rot90(taps[3 * k:3 * (k + 1)], -k, axes=(1, 2))
+                              for k in range(4)], axis=-1)
+    expected = np.maximum(aligned @ conv.get_weights()[0][0, 0] + conv.get_weights()[1], 0)
+    layer = AlignedPointwise.from_conv(conv, name="fused")
+    np.testing.assert_allclose(layer(taps).numpy(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not a 1x1 convolution"):
+        wide = keras.layers.Conv2D(7, 3)
+        wide.build((None, 5, 5, 24))
+        AlignedPointwise.from_conv(wide, name="bad")
+
+
+@pytest.mark.parametrize("arch", ["seed", "deephits"])
+def test_tap_ae_explainer_takes_the_taps_inside_the_graph_with_the_same_maps(arch, tmp_path):
+    # The explainer hands tap_ae the tapped tensor directly; its maps must be those of the
+    # estimator fed the flat condition vector it was trained on, before and after a reload.
+    keras.utils.set_random_seed(6)
+    channels = (3,) if arch == "seed" else (0, 1, 2, 3)
+    classifier = build_classifier(arch, channels)
+    conditioner = estimators.condition_model(classifier, "taps")
+    model = estimators.build_estimator("tap_ae", classifier, channels,
+                                       conditioner.output.shape[-1])
+    rng = np.random.default_rng(7)  # away from the initial all-near-zero shares
+    model.set_weights([w + rng.normal(0, 0.2, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    flat = model.predict([STAMPS, conditioner.predict(STAMPS, verbose=0)], verbose=0)
+    explainer = estimators.explainer(classifier, model, "taps")
+    names = {layer.name for layer in explainer.layers}
+    assert "split_condition" not in names and "flat_taps" not in names
+    assert ("aligned_tap_reduce" in names) == (arch == "deephits")
+    maps = explainer.predict(STAMPS, verbose=0)
+    assert np.abs(flat).max() > 0.05  # the comparison is not between near-zero maps
+    # the same sums in another order (per rotation, then turned): float rounding only
+    np.testing.assert_allclose(maps, flat, atol=1e-5)
+    explainer.save(tmp_path / "fused.keras")
+    again = keras.saving.load_model(tmp_path / "fused.keras", compile=False)
     np.testing.assert_allclose(again.predict(STAMPS, verbose=0), maps, atol=1e-6)
 
 
