@@ -39,8 +39,9 @@ def check_share(share: float, name: str = "exact share") -> float:
 
 
 def recompute_count(n: int, share: float) -> int:
-    """How many of ``n`` maps a share recomputes: ceil(share x n), so any positive share
-    recomputes at least one map and share 1 all of them."""
+    """How many of ``n`` maps a share recomputes: ceil(share x n) (a product that float
+    rounding puts a hair above a whole number is not rounded up), so share 1 recomputes
+    all of them and share 1/n exactly one."""
     return min(n, math.ceil(check_share(share) * n - 1e-9))
 
 

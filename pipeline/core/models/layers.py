@@ -97,6 +97,7 @@ class AlignRotations(keras.layers.Layer):
         batch = None if input_shape[0] is None else input_shape[0] // 4
         return (batch, *input_shape[1:3], 4 * input_shape[3])
 
+
 def turn_back(images, turns: int):
     """(B, H, W, C) images turned back (clockwise) by ``turns`` quarter turns (H == W):
     the inverse of ``turns`` applications of ``rotate90``, in one or two copies."""
