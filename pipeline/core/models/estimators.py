@@ -52,6 +52,7 @@ from pipeline.core.models.layers import (
     AlignedPointwise,
     AlignRotations,
     ClassCondition,
+    ExplainedClass,
     Headroom,
     RotationStack,
     SelectChannels,
@@ -71,6 +72,14 @@ def condition_model(classifier: keras.Model, condition: str = "class") -> keras.
     penultimate activations (the input of its ``probabilities`` layer); ``taps``: plus,
     flattened, its last spatial activations (``tap_shape``; D = 3 + features + h*w*c).
     """
+    stamps = keras.Input(input_stamp_shape(classifier), name="stamps")
+    _, vector = _condition_parts(classifier, condition, stamps)
+    return keras.Model(stamps, vector, name="condition_model")
+
+
+def _condition_parts(classifier: keras.Model, condition: str, stamps):
+    """(probabilities (B, K), condition vector (B, D)) of the ``stamps`` tensor from one
+    pass of ``classifier`` (frozen, inference), as ``condition_model`` describes."""
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     if condition in ("features", "taps") and is_opaque(classifier):
@@ -78,7 +87,6 @@ def condition_model(classifier: keras.Model, condition: str = "class") -> keras.
                          "layers, and this classifier is an imported SavedModel (an opaque "
                          "graph): use estimator.condition class or margin")
     classifier.trainable = False
-    stamps = keras.Input(input_stamp_shape(classifier), name="stamps")
     if condition in ("features", "taps"):
         outputs = [classifier.output, classifier.get_layer("probabilities").input]
         if condition == "taps":
@@ -91,11 +99,10 @@ def condition_model(classifier: keras.Model, condition: str = "class") -> keras.
             if _rotation_stacked(classifier):
                 spatial = AlignRotations(name="aligned_taps")(spatial)
             parts.append(layers.Flatten(name="flat_taps")(spatial))
-        vector = layers.Concatenate(name="condition")(parts)
-    else:
-        probabilities = classifier(stamps, training=False)
-        vector = ClassCondition(margin=condition == "margin", name="condition")(probabilities)
-    return keras.Model(stamps, vector, name="condition_model")
+        return probabilities, layers.Concatenate(name="condition")(parts)
+    probabilities = classifier(stamps, training=False)
+    return probabilities, ClassCondition(margin=condition == "margin",
+                                         name="condition")(probabilities)
 
 
 def input_stamp_shape(classifier: keras.Model) -> tuple[int, int, int]:
@@ -251,7 +258,7 @@ def build_tap_ae(stamp_shape, channels, condition_dim: int, spec: list[dict] | N
     (B,H,W), in [-(1 - p), p] as in ``headroom_ae``.
 
     Trained on the flat condition (what the training sets store); ``explainer`` hands the
-    same layers the tapped tensor directly (``_fused_tap_explainer``)."""
+    same layers the tapped tensor directly (``_fused_tap_parts``)."""
     tap_size = tap_shape[0] * tap_shape[1] * tap_shape[2]
     if condition_dim < 3 + tap_size:
         raise ValueError(f"tap_ae needs the taps condition ({3 + tap_size}+ values for taps "
@@ -385,12 +392,42 @@ def copy_encoder_weights(estimator: keras.Model, classifier: keras.Model, spec: 
 def explainer(classifier: keras.Model, estimator: keras.Model, condition: str) -> keras.Model:
     """stamps (B, H, W, C) -> estimated maps (B, H, W): the classifier pass that
     conditions the estimator and the estimator, in one self-contained model. A ``tap_ae``
-    estimator gets the tapped activations inside the graph (``_fused_tap_explainer``)."""
+    estimator gets the tapped activations inside the graph (``_fused_tap_parts``)."""
     stamps = keras.Input(input_stamp_shape(classifier), name="stamps")
+    _, _, maps = _explained_parts(classifier, estimator, condition, stamps)
+    return keras.Model(stamps, maps, name=f"{estimator.name}_explainer")
+
+
+def explainer_with_doubt(classifier: keras.Model, estimator: keras.Model, condition: str,
+                         doubt_head: keras.Model | None = None) -> keras.Model:
+    """stamps (B, H, W, C) -> {"maps": (B, H, W) in [-1, 1], "target": (B,) int32, the
+    explained (predicted) class, "base_prob": (B,) its probability, and with
+    ``doubt_head`` (``doubt.doubt_model``, [stamps, condition, maps] -> (B,)) "doubt":
+    (B,) in [0, 2]}, all from the one classifier pass of ``explainer``. The head reads the
+    condition's leading columns (its own input size: the taps are left out)."""
+    stamps = keras.Input(input_stamp_shape(classifier), name="stamps")
+    probabilities, vector, maps = _explained_parts(classifier, estimator, condition, stamps)
+    target, base_prob = ExplainedClass(name="explained_class")(probabilities)
+    outputs = {"maps": maps, "target": target, "base_prob": base_prob}
+    if doubt_head is not None:
+        size = int(doubt_head.inputs[1].shape[-1])
+        if size > vector.shape[-1]:
+            raise ValueError(f"the doubt head reads {size} condition values, the explainer "
+                             f"has {vector.shape[-1]}")
+        head_condition = vector if size == vector.shape[-1] else vector[:, :size]
+        outputs["doubt"] = doubt_head([stamps, head_condition, maps])
+    return keras.Model(stamps, outputs, name=f"{estimator.name}_explainer")
+
+
+def _explained_parts(classifier: keras.Model, estimator: keras.Model, condition: str,
+                     stamps):
+    """(probabilities (B, K), condition vector (B, D), maps (B, H, W)) of the ``stamps``
+    tensor; for a ``tap_ae`` under ``taps`` the vector holds no taps (the decoder gets
+    them as a tensor)."""
     if condition == "taps" and _is_tap_decoder(estimator):
-        return _fused_tap_explainer(classifier, estimator, stamps)
-    vector = condition_model(classifier, condition)(stamps)
-    return keras.Model(stamps, estimator([stamps, vector]), name=f"{estimator.name}_explainer")
+        return _fused_tap_parts(classifier, estimator, stamps)
+    probabilities, vector = _condition_parts(classifier, condition, stamps)
+    return probabilities, vector, estimator([stamps, vector])
 
 
 def _is_tap_decoder(estimator: keras.Model) -> bool:
@@ -398,13 +435,14 @@ def _is_tap_decoder(estimator: keras.Model) -> bool:
     return {"split_condition", "tap_reduce"} <= names and set(TAP_HEAD) - {"to_stamp_grid"} <= names
 
 
-def _fused_tap_explainer(classifier: keras.Model, estimator: keras.Model, stamps) -> keras.Model:
+def _fused_tap_parts(classifier: keras.Model, estimator: keras.Model, stamps):
     """The ``tap_ae`` explainer with the tapped tensor handed straight to its decoder: the
     same function (the same layers and weights) as condition_model + estimator, without
     flattening the taps (deephits: 25,600 values a stamp) into the condition vector, copying
     them there and splitting them out again. A rotation stack's four rotations are reduced
     by ``AlignedPointwise`` (the estimator's ``tap_reduce`` weights) before they are turned
-    back, so only a quarter of the channels are turned."""
+    back, so only a quarter of the channels are turned. Returns (probabilities, vector
+    (class, margin, features), maps)."""
     classifier.trainable = False
     tapped = keras.Model(classifier.input, [classifier.output,
                                             classifier.get_layer("probabilities").input,
@@ -420,8 +458,7 @@ def _fused_tap_explainer(classifier: keras.Model, estimator: keras.Model, stamps
         reduced = tap_reduce(taps)
     names = {layer.name for layer in estimator.layers}
     head = {name: estimator.get_layer(name) for name in TAP_HEAD if name in names}
-    maps = _tap_decode(head, stamps, vector, reduced)
-    return keras.Model(stamps, maps, name=f"{estimator.name}_explainer")
+    return probabilities, vector, _tap_decode(head, stamps, vector, reduced)
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

@@ -278,3 +278,58 @@ class SplitCondition(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "tap_shape": list(self.tap_shape)}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class ExplainedClass(keras.layers.Layer):
+    """(B, K) class probabilities -> [target (B,) int32, the predicted class the maps
+    explain; base_prob (B,) float32 in [0, 1], its probability]: what the exact engine
+    records beside each map, here from the explainer's own classifier pass."""
+
+    def call(self, probabilities):
+        target = ops.argmax(probabilities, axis=-1)
+        base_prob = ops.max(probabilities, axis=-1)
+        return ops.cast(target, "int32"), base_prob
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],), (input_shape[0],)
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class MapSummary(keras.layers.Layer):
+    """(B, H, W) maps -> (B, 4) numbers that say how a map looks: log10 of its largest
+    |value| (floored at 1e-4), the shares of that amplitude its largest positive and
+    largest negative values make up (in [0, 1]), and its concentration, sum |m| / (H W
+    max |m|) in [0, 1] (a single peak: near 0; spread evenly: 1).
+
+    An error head reads these because estimator errors go with amplitude (small maps are
+    relatively the hardest) and with mixed signs (evidence for and against the class)."""
+
+    FLOOR = 1e-4
+
+    def call(self, maps):
+        flat = ops.reshape(maps, (ops.shape(maps)[0], -1))
+        amplitude = ops.maximum(ops.max(ops.abs(flat), axis=-1), self.FLOOR)
+        positive = ops.maximum(ops.max(flat, axis=-1), 0.0) / amplitude
+        negative = ops.maximum(-ops.min(flat, axis=-1), 0.0) / amplitude
+        spread = ops.mean(ops.abs(flat), axis=-1) / amplitude
+        log_amplitude = ops.log(amplitude) / ops.log(10.0)
+        return ops.stack([log_amplitude, positive, negative, spread], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 4)
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Doubt(keras.layers.Layer):
+    """(B, 1) raw score s -> doubt (B,) = min(max(s, 0)^2, 2): the head's estimate of
+    1 - r, the error of the estimated map against the exact one (r its Pearson r), in
+    [0, 2]; 0, the least doubt, says "this map is exact". The head is trained on the
+    square root of the error (``doubt.doubt_target``), which spreads the small errors
+    that most maps have; squaring brings it back to the error's own scale."""
+
+    def call(self, score):
+        return ops.minimum(ops.square(ops.maximum(score[:, 0], 0.0)), 2.0)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)

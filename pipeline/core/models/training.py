@@ -157,3 +157,40 @@ def fit_estimator(cfg, classifier, splits: dict, callbacks=(), verbose: int = 0)
         batch_size=cfg.batch_size, epochs=cfg.epochs, patience=cfg.patience,
         callbacks=callbacks, verbose=verbose, seed=cfg.seed)
     return model, history, seconds
+
+
+def fit_doubt_head(split: dict, channels, *, seed: int = 0, epochs: int = 30,
+                   patience: int = 4, batch_size: int = 256, learning_rate: float = 0.001,
+                   holdout: float = 0.2, callbacks=(), verbose: int = 0):
+    """Train the doubt head (``doubt.build_doubt_head``) on ``split``: images (N, H, W, C)
+    in [0, 1], condition (N, D) (without the taps, ``doubt.doubt_condition_size``),
+    estimated maps (N, H, W) of stamps the estimator did NOT learn from (the validation
+    split: on its training maps its errors are too small) and error (N,), their true
+    error (``selective.error_of``). The last ``holdout`` share of the rows (after a seeded
+    shuffle) early-stops the fit. Returns (doubt model [stamps, condition, maps] ->
+    doubt (N,) in [0, 2], history dict, training seconds)."""
+    from pipeline.core.models import doubt
+    from pipeline.core.models.classifiers import make_optimizer
+
+    n = len(split["error"])
+    if n < 10:
+        raise ValueError(f"the doubt head needs at least 10 maps to learn from, got {n}")
+    keras.utils.set_random_seed(seed)
+    order = np.random.default_rng(seed).permutation(n)
+    cut = n - max(1, int(round(holdout * n)))
+    rows = {"train": np.sort(order[:cut]), "val": np.sort(order[cut:])}
+    target = doubt.doubt_target(split["error"])
+    head = doubt.build_doubt_head(split["images"].shape[1:], tuple(channels),
+                                  split["condition"].shape[1])
+    head.compile(optimizer=make_optimizer("adam", learning_rate), loss="mse")
+
+    def part(name):
+        picked = rows[name]
+        return ([split["images"][picked], split["condition"][picked],
+                 split["maps"][picked]], target[picked])
+
+    history, seconds = fit_early_stopping(head, part("train"), part("val"),
+                                          batch_size=batch_size, epochs=epochs,
+                                          patience=patience, callbacks=callbacks,
+                                          verbose=verbose, seed=seed)
+    return doubt.doubt_model(head), history, seconds
