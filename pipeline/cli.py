@@ -1,6 +1,7 @@
 """``occmap``: explain HiTS stamps with occlusion maps, from the model registry.
 
     occmap explain STAMPS --out MAPS.npz [--exact] [--model champion|VERSION] [--png DIR]
+    occmap explain STAMPS --out MAPS.npz --exact-share 0.05 | --max-doubt 0.1
     occmap explain STAMPS --out MAPS.npz --exact --classifier-file PATH [--channels 3]
                    [--pad 3] [--real-index 1] [--output softmax|sigmoid]
     occmap serve [--model champion|VERSION] [--port 5001] [--max-stamps 1000]
@@ -8,7 +9,9 @@
 Thin glue: stamps are read and checked here, the maps come from the registered
 ``occlusion-estimator`` (one forward pass) or from the exact engine on the registered
 ``hits-classifier`` or a model file of the user's (441 classifications per stamp), with
-the ``occlusion`` settings of the project's params.yaml.
+the ``occlusion`` settings of the project's params.yaml; with ``--exact-share`` or
+``--max-doubt`` the estimated maps of highest doubt are replaced by exact ones, computed
+with the classifier version the estimator was trained for.
 """
 
 from __future__ import annotations
@@ -78,12 +81,13 @@ def model_uri(name: str, model: str) -> str:
 
 
 def estimated_maps(model: str, stamps: np.ndarray, batch_size: int, source: str,
-                   allow_out_of_range: bool = False) -> tuple[np.ndarray, str]:
-    """((N, H, W) maps, ``models:/`` URI of the version used) of version or alias
-    ``model`` of the registered estimator, batch by batch with a bar; only the version's
-    Keras file is read (no code from the store runs). ``ValueError`` naming ``source``
-    when the stamps are not of the model's shape or are refused, or when the version is
-    incomplete."""
+                   allow_out_of_range: bool = False) -> tuple[dict[str, np.ndarray], object]:
+    """(outputs, ``ModelVersion`` used) of version or alias ``model`` of the registered
+    estimator, batch by batch with a bar: outputs {"maps": (N, H, W) float32, "target":
+    (N,) int32, "base_prob": (N,) float32[, "doubt": (N,) float32]}
+    (``pipeline.glue.pyfunc``); only the version's Keras file is read (no code from the
+    store runs). ``ValueError`` naming ``source`` when the stamps are not of the model's
+    shape or are refused, or when the version is incomplete."""
     from tqdm import tqdm
 
     from pipeline.glue.pyfunc import load_registered_explainer
@@ -93,13 +97,48 @@ def estimated_maps(model: str, stamps: np.ndarray, batch_size: int, source: str,
     if tuple(stamps.shape[1:]) != estimator.shape:
         raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the model {uri} "
                          f"explains stamps of shape {estimator.shape}")
-    maps = np.zeros((len(stamps), *estimator.shape[:2]), np.float32)
+    parts: dict[str, list] = {}
     with tqdm(total=len(stamps), unit="map", desc="estimated maps") as bar:
         for start in range(0, len(stamps), batch_size):
             stop = min(start + batch_size, len(stamps))
-            maps[start:stop] = estimator.maps(stamps[start:stop], allow_out_of_range, source)
+            outputs = estimator.explained(stamps[start:stop], allow_out_of_range, source)
+            for name, value in outputs.items():
+                parts.setdefault(name, []).append(value)
             bar.update(stop - start)
-    return maps, uri
+    return {name: np.concatenate(values) for name, values in parts.items()}, version
+
+
+def with_exact_fallback(result: dict[str, np.ndarray], version, stamps: np.ndarray,
+                        share: float | None, max_doubt: float | None,
+                        source: str) -> tuple[dict[str, np.ndarray], str | None]:
+    """``result`` (``estimated_maps``'s outputs, with "doubt") with the rows of highest
+    doubt (the ``share`` of them, or those above ``max_doubt``) replaced by their exact
+    maps, target and probability under the classifier version the estimator ``version``
+    was trained for (its tag ``classifier_version``), with the project's occlusion
+    settings: the engine and settings of ``occmap explain --exact``. Adds "exact" (N,)
+    bool, the rows recomputed. Returns (result, the classifier's URI or None when no row
+    was recomputed). ``ValueError`` naming ``source`` when the version has no doubt or
+    names no classifier."""
+    from pipeline.core.selective import rows_to_recompute
+
+    uri = f"models:/{ESTIMATOR_NAME}/{version.version}"
+    if "doubt" not in result:
+        raise ValueError(f"{source}: {uri} gives no doubt per map (trained before the doubt "
+                         "head, or with estimator.doubt false): retrain it, or use --exact")
+    chosen = rows_to_recompute(result["doubt"], share=share, max_doubt=max_doubt)
+    result = dict(result, exact=chosen)
+    if not chosen.any():
+        return result, None
+    classifier_version = version.tags.get("classifier_version", "")
+    if not classifier_version.isdigit():
+        raise ValueError(f"{source}: {uri} does not record the classifier it was trained for "
+                         "(tag classifier_version), so its maps cannot be recomputed exactly")
+    classifier = registered_classifier(classifier_version, stamps, source)
+    exact = exact_maps(classifier, stamps[chosen], occlusion_settings())
+    for name in ("maps", "target", "base_prob"):
+        result[name] = result[name].copy()
+        result[name][chosen] = exact[name]
+    return result, model_uri(CLASSIFIER_NAME, classifier_version)
 
 
 def open_registry(uri: str, must_exist: bool = True) -> None:
@@ -218,6 +257,13 @@ def main():
 @click.option("--exact", is_flag=True,
               help="Exact maps (441 classifications per stamp) with the registered "
                    "classifier instead of the one-pass estimator.")
+@click.option("--exact-share", type=click.FloatRange(0, 1), metavar="F",
+              help="Estimate every map, then recompute exactly the share F (0 to 1) of them "
+                   "whose doubt is highest, with the classifier the estimator was trained "
+                   "for ('exact' in MAPS.npz says which).")
+@click.option("--max-doubt", type=click.FloatRange(min=0), metavar="D",
+              help="Like --exact-share, but recompute the maps whose doubt exceeds D "
+                   "(doubt ~ 1 - r against the exact map, in [0, 2]).")
 @click.option("--model", default="champion", show_default=True, metavar="ALIAS|VERSION",
               help=f"Which registered version: an alias or a version number of "
                    f"{ESTIMATOR_NAME} (with --exact: of {CLASSIFIER_NAME}).")
@@ -252,7 +298,8 @@ def main():
               help="Explain stamps with values outside [0, 1] instead of refusing them "
                    "(the models were trained on min-max normalised stamps: such maps are "
                    "extrapolations).")
-def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | None,
+def explain(stamps: Path, out: Path, exact: bool, exact_share: float | None,
+            max_doubt: float | None, model: str, png_dir: Path | None,
             png_limit: int, batch_size: int, tracking_uri: str | None,
             classifier_file: Path | None, channels: tuple[int, ...], pad: int, crop: int,
             real_index: int, output_kind: str, allow_out_of_range: bool):
@@ -262,8 +309,10 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     was trained on (HiTS: 21x21x4; optionally 'labels'), or a HiTS2013 pickle (read without
     running code from it). MAPS.npz gets 'maps' (N, H, W) float32: the drop of the
     explained class's probability when the 3x3 patch around each pixel is hidden
-    (positive: evidence for the class), plus 'method', 'model_uri', and with --exact
-    'target' and 'base_prob'.
+    (positive: evidence for the class); 'target' (N,), the explained (predicted) class (0
+    bogus, 1 real), and 'base_prob' (N,), its probability; 'exact' (N,), true where the map
+    is exact; 'doubt' (N,) for estimated maps (how wrong each may be, ~1 - r against the
+    exact map); 'method' and 'model_uri' (with a fallback also 'exact_model_uri').
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -275,6 +324,13 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
     if classifier_file is not None and not exact:
         raise click.UsageError("--classifier-file gives exact maps: add --exact (the "
                                "estimator is the registered one, trained for a classifier)")
+    selective = exact_share is not None or max_doubt is not None
+    if exact_share is not None and max_doubt is not None:
+        raise click.UsageError("give --exact-share or --max-doubt, not both (a share of the "
+                               "maps, or a doubt above which maps are recomputed)")
+    if selective and exact:
+        raise click.UsageError("--exact already makes every map exact: --exact-share and "
+                               "--max-doubt choose which estimated maps to recompute")
 
     from mlflow.exceptions import MlflowException
 
@@ -296,15 +352,22 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
             classifier = registered_classifier(model, images, str(stamps))
             result = exact_maps(classifier, images, occlusion_settings())
         else:
-            maps, _ = estimated_maps(model, images, batch_size, str(stamps),
-                                     allow_out_of_range)
-            result = {"maps": maps}
+            result, version = estimated_maps(model, images, batch_size, str(stamps),
+                                             allow_out_of_range)
+            if selective:
+                result, exact_uri = with_exact_fallback(result, version, images, exact_share,
+                                                        max_doubt, str(stamps))
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     except MlflowException as err:
         raise cannot_load(source, uri, err) from None
-    result |= {"method": np.array("exact" if exact else "estimate"),
-               "model_uri": np.array(source)}
+    if exact:
+        result["exact"] = np.ones(len(images), bool)
+    result.setdefault("exact", np.zeros(len(images), bool))
+    method = ("exact" if exact else "estimate+exact" if result["exact"].any() else "estimate")
+    result |= {"method": np.array(method), "model_uri": np.array(source)}
+    if selective and exact_uri is not None:
+        result["exact_model_uri"] = np.array(exact_uri)
     if "labels" in arrays:
         result["labels"] = arrays["labels"]
 
@@ -312,13 +375,18 @@ def explain(stamps: Path, out: Path, exact: bool, model: str, png_dir: Path | No
         save_npz(temp, result)
         if png_dir is not None:
             count = len(images) if png_limit == 0 else min(png_limit, len(images))
-            captions = [f"{stamps.name} #{i}: {'exact' if exact else 'estimated'} map"
-                        + (f" of class {CLASS_NAMES[result['target'][i]]}, p = "
-                           f"{result['base_prob'][i]:.3f}" if exact else "")
+            captions = [f"{stamps.name} #{i}: "
+                        f"{'exact' if result['exact'][i] else 'estimated'} map of class "
+                        f"{CLASS_NAMES[result['target'][i]]}, p = {result['base_prob'][i]:.3f}"
+                        + ("" if result["exact"][i] or "doubt" not in result
+                           else f", doubt {result['doubt'][i]:.3f}")
                         for i in range(count)]
             write_panels(png_dir, images, result["maps"], captions)
-    click.echo(f"occmap: {len(images)} {'exact' if exact else 'estimated'} maps from "
-               f"{source} -> {out}" + (f" (+ PNGs in {png_dir})" if png_dir else ""))
+    recomputed = int(result["exact"].sum())
+    kind = ("exact" if exact else f"estimated ({recomputed} recomputed exactly with "
+            f"{result['exact_model_uri']})" if recomputed else "estimated")
+    click.echo(f"occmap: {len(images)} {kind} maps from {source} -> {out}"
+               + (f" (+ PNGs in {png_dir})" if png_dir else ""))
 
 
 @main.command()

@@ -86,12 +86,12 @@ def run_stage(stage, cwd, env, *args, check=True):
 
 def write_tiny_params(repo_root: Path, project: Path) -> None:
     """The repository's params.yaml at ``project``, cut to the tiny chain: 120 stamps, one
-    epoch of each net, batches of 16."""
+    epoch of each net (two of the doubt head), batches of 16."""
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     params["data"]["synthetic"]["n"] = 120
     params["classifier"].update(epochs=1, batch_size=16)
     params["occlusion"].update(chunk_size=7)
-    params["estimator"].update(epochs=1, batch_size=16)
+    params["estimator"].update(epochs=1, batch_size=16, doubt_epochs=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
 

@@ -54,8 +54,10 @@ def test_estimated_maps_equal_the_explainer_and_panels_are_written(stamps_file, 
 
     explainer = keras.saving.load_model(project / "models" / "estimator.keras", compile=False)
     with np.load(out, allow_pickle=False) as npz:
-        np.testing.assert_allclose(npz["maps"], explainer.predict(images, verbose=0),
-                                   atol=1e-6)
+        expected = explainer.predict(images, verbose=0)
+        for name in ("maps", "target", "base_prob", "doubt"):
+            np.testing.assert_allclose(npz[name], expected[name], atol=1e-6, err_msg=name)
+        assert not npz["exact"].any()
         np.testing.assert_array_equal(npz["labels"], labels)
         assert str(npz["method"]) == "estimate"
         assert str(npz["model_uri"]) == "models:/occlusion-estimator@champion"
@@ -152,8 +154,8 @@ def test_allow_out_of_range_lets_the_model_see_the_stamps_as_they_are(stamps_fil
 
     explainer = keras.saving.load_model(project / "models" / "estimator.keras", compile=False)
     with np.load(out, allow_pickle=False) as npz:
-        np.testing.assert_allclose(npz["maps"], explainer.predict(images * 3.0, verbose=0),
-                                   atol=1e-5)
+        np.testing.assert_allclose(npz["maps"],
+                                   explainer.predict(images * 3.0, verbose=0)["maps"], atol=1e-5)
 
 
 @pytest.mark.parametrize("store", ["missing sqlite", "unreachable server"])
@@ -173,5 +175,67 @@ def test_a_store_that_is_not_there_fails_in_one_line_and_is_not_created(tmp_path
     result = CliRunner().invoke(main, ["explain", str(stamps), "--out", str(tmp_path / "m.npz"),
                                        "--tracking-uri", uri])
     assert result.exit_code == 1, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stamps.npz"]
+
+
+def _arrays(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+@pytest.mark.slow
+def test_exact_fallback_replaces_exactly_the_rows_of_highest_doubt(stamps_file, tmp_path):
+    path, images, _, _, env = stamps_file
+    runs = {"estimate": [], "exact": ["--exact"], "share 0": ["--exact-share", "0"],
+            "share 1": ["--exact-share", "1"], "share 0.3": ["--exact-share", "0.3"]}
+    out = {}
+    for name, args in runs.items():
+        result = _explain(env, path, "--out", tmp_path / f"{name}.npz", *args)
+        assert result.exit_code == 0, (name, result.output)
+        out[name] = _arrays(tmp_path / f"{name}.npz")
+    estimate, exact = out["estimate"], out["exact"]
+    assert exact["exact"].all() and not estimate["exact"].any()
+    # share 0: the estimate as it is; share 1: every map as `--exact` computes it
+    for name in ("maps", "target", "base_prob", "doubt"):
+        np.testing.assert_array_equal(out["share 0"][name], estimate[name])
+    assert not out["share 0"]["exact"].any() and str(out["share 0"]["method"]) == "estimate"
+    assert out["share 1"]["exact"].all()
+    for name in ("maps", "target", "base_prob"):
+        np.testing.assert_array_equal(out["share 1"][name], exact[name])
+    assert str(out["share 1"]["exact_model_uri"]) == "models:/hits-classifier/1"
+    # 0.3 of 7 stamps: ceil(2.1) = 3, those of highest doubt (worked out here)
+    chosen = np.zeros(7, bool)
+    chosen[np.argsort(-estimate["doubt"], kind="stable")[:3]] = True
+    part = out["share 0.3"]
+    np.testing.assert_array_equal(part["exact"], chosen)
+    assert str(part["method"]) == "estimate+exact"
+    np.testing.assert_array_equal(part["maps"][chosen], exact["maps"][chosen])
+    np.testing.assert_array_equal(part["maps"][~chosen], estimate["maps"][~chosen])
+    np.testing.assert_array_equal(part["doubt"], estimate["doubt"])
+    # a maximum doubt: the maps above it, here those above the median doubt
+    cut = float(np.median(estimate["doubt"]))
+    result = _explain(env, path, "--out", tmp_path / "cut.npz", "--max-doubt", cut)
+    assert result.exit_code == 0, result.output
+    above = _arrays(tmp_path / "cut.npz")
+    np.testing.assert_array_equal(above["exact"], estimate["doubt"] > cut)
+    np.testing.assert_array_equal(above["maps"][above["exact"]],
+                                  exact["maps"][above["exact"]])
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--exact-share", "1.5"], "1.5 is not in the range 0<=x<=1"),
+    (["--exact-share", "-0.1"], "is not in the range 0<=x<=1"),
+    (["--exact-share", "0.1", "--max-doubt", "0.2"], "give --exact-share or --max-doubt, not both"),
+    (["--exact-share", "0.1", "--exact"], "--exact already makes every map exact"),
+    (["--max-doubt", "-1"], "is not in the range x>=0"),
+])
+def test_a_bad_exact_share_is_refused_and_writes_nothing(tmp_path, args, expected):
+    stamps = tmp_path / "stamps.npz"
+    np.savez(stamps, images=np.random.default_rng(0).random((2, 21, 21, 4)))
+    result = CliRunner().invoke(main, ["explain", str(stamps), "--out", str(tmp_path / "m.npz"),
+                                       "--tracking-uri", f"sqlite:///{tmp_path / 'no.db'}",
+                                       *args])
+    assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stamps.npz"]

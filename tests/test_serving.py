@@ -108,18 +108,36 @@ def bounded(tiny_champion):
         _stopped(process)
 
 
-@pytest.fixture(scope="module")
-def stamps_and_maps(tiny_champion):
-    """Six test stamps and their maps under the in-process explainer."""
-    tmp_path, _ = tiny_champion
+def _in_process(project, stamps) -> dict[str, np.ndarray]:
+    """The explainer's outputs for ``stamps``, computed here from the project's file."""
     import keras
 
     import pipeline.core.models  # noqa: F401
 
+    explainer = keras.saving.load_model(project / "models" / "estimator.keras", compile=False)
+    return {name: np.asarray(value)
+            for name, value in explainer.predict(stamps, verbose=0).items()}
+
+
+def _assert_answer_is(answer: dict, expected: dict[str, np.ndarray]) -> None:
+    """A 200 answer holds every output of the explainer, per stamp, as computed here."""
+    predictions = answer["predictions"]
+    assert sorted(predictions) == ["base_prob", "doubt", "maps", "target"]
+    assert sorted(expected) == sorted(predictions)
+    n = len(expected["maps"])
+    assert np.asarray(predictions["maps"]).shape == (n, 21, 21)
+    for name, value in expected.items():
+        np.testing.assert_allclose(np.asarray(predictions[name], np.float64), value,
+                                   atol=1e-5, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def stamps_and_maps(tiny_champion):
+    """Six test stamps and the explainer's outputs for them, computed in process."""
+    tmp_path, _ = tiny_champion
     with np.load(tmp_path / "data" / "prepared" / "test.npz") as npz:
         stamps = npz["images"][:6]
-    explainer = keras.saving.load_model(tmp_path / "models" / "estimator.keras", compile=False)
-    return stamps, explainer.predict(stamps, verbose=0)
+    return stamps, _in_process(tmp_path, stamps)
 
 
 @pytest.mark.slow
@@ -128,9 +146,7 @@ def test_served_champion_answers_with_the_in_process_maps(server, stamps_and_map
     status, answer = _post(f"{server}/invocations",
                            json.dumps({"inputs": stamps.tolist()}).encode())
     assert status == 200, answer
-    maps = np.asarray(answer["predictions"], np.float32)
-    assert maps.shape == (6, 21, 21)
-    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    _assert_answer_is(answer, expected)
 
 
 @pytest.mark.slow
@@ -150,9 +166,7 @@ def test_occmap_serve_answers_with_the_in_process_maps(bounded, stamps_and_maps)
         status, answer = _post(f"{bounded}/invocations",
                                json.dumps({key: stamps.tolist()}).encode())
         assert status == 200, answer
-        maps = np.asarray(answer["predictions"], np.float32)
-        assert maps.shape == (6, 21, 21)
-        np.testing.assert_allclose(maps, expected, atol=1e-5)
+        _assert_answer_is(answer, expected)
     with urllib.request.urlopen(f"{bounded}/version", timeout=10) as answer:
         facts = json.loads(answer.read())
     assert facts["model_uri"] == "models:/occlusion-estimator/1"
@@ -209,19 +223,14 @@ def test_occmap_serve_answers_413_beyond_its_bounds(bounded, stamps_and_maps):
 @pytest.mark.slow
 def test_out_of_range_stamps_pass_when_the_request_allows_them(bounded, server, stamps_and_maps,
                                                                tiny_champion):
-    import keras
-
     stamps, _ = stamps_and_maps
     scaled = stamps * 3.0
-    explainer = keras.saving.load_model(tiny_champion[0] / "models" / "estimator.keras",
-                                        compile=False)
-    expected = explainer.predict(scaled, verbose=0)
+    expected = _in_process(tiny_champion[0], scaled)
     for url in (bounded, server):
         body = {"inputs": scaled.tolist(), "params": {"allow_out_of_range": True}}
         status, answer = _post(f"{url}/invocations", json.dumps(body).encode())
         assert status == 200, answer
-        np.testing.assert_allclose(np.asarray(answer["predictions"], np.float32), expected,
-                                   atol=1e-5)
+        _assert_answer_is(answer, expected)
         refused, _ = _post(f"{url}/invocations",
                            json.dumps({"inputs": scaled.tolist()}).encode())
         assert 400 <= refused < 500

@@ -77,18 +77,33 @@ def engine_for(classifier, occlusion):
 
 def compile_explainer(model):
     """The Keras explainer as a function traced once for any batch size: stamps
-    (B, H, W, C) float32 -> maps (B, H, W) float32. One stamp takes ~2 ms this way,
-    where ``model.predict`` pays ~95 ms of per-call overhead (this CPU)."""
+    (B, H, W, C) float32 -> {"maps": (B, H, W) float32[, "target": (B,) int32,
+    "base_prob": (B,) float32, "doubt": (B,) float32]} (a model with one output, an
+    older explainer, gives "maps" alone). One stamp takes ~2 ms this way, where
+    ``model.predict`` pays ~95 ms of per-call overhead (this CPU)."""
     import tensorflow as tf
 
     shape = model_geometry(model).shape
-    return tf.function(lambda stamps: model(stamps, training=False),
-                       input_signature=[tf.TensorSpec([None, *shape], tf.float32)])
+
+    def outputs(stamps):
+        out = model(stamps, training=False)
+        return dict(out) if isinstance(out, dict) else {"maps": out}
+
+    return tf.function(outputs, input_signature=[tf.TensorSpec([None, *shape], tf.float32)])
+
+
+def predict_explained(explain, stamps: np.ndarray, batch_size: int = 4096) -> dict:
+    """{name: (N, ...) array} of ``explain`` (``compile_explainer``'s function) on
+    ``stamps`` (N, H, W, C) float32, ``batch_size`` stamps per call: "maps" (N, H, W)
+    float32 and whatever else the explainer gives (target, base_prob, doubt: (N,))."""
+    parts: dict[str, list] = {}
+    for start in range(0, max(len(stamps), 1), batch_size):
+        for name, value in explain(stamps[start:start + batch_size]).items():
+            parts.setdefault(name, []).append(np.asarray(value))
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def predict_maps(explain, stamps: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """(N, H, W) float32 maps of ``stamps`` (N, H, W, C) float32 under ``explain``
     (``compile_explainer``'s function), ``batch_size`` stamps per call."""
-    parts = [np.asarray(explain(stamps[start:start + batch_size]), np.float32)
-             for start in range(0, len(stamps), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, *stamps.shape[1:3]), np.float32)
+    return predict_explained(explain, stamps, batch_size)["maps"].astype(np.float32, copy=False)

@@ -301,6 +301,10 @@ class EstimatorParams(Section):
     # train also on each map's three quarter turns where they are exact maps too (a
     # classifier invariant to quarter turns, a symmetric patch grid): 4x data for free
     quarter_turns: bool = True
+    # train the doubt head (core/models/doubt.py) on the validation maps and serve its
+    # doubt per map beside the maps
+    doubt: bool = True
+    doubt_epochs: int = param(30, at_least=1)  # upper bound; it early-stops
     hparams: dict = param({})  # builder keywords
 
 
@@ -318,7 +322,14 @@ class EvaluateParams(Section):
     sanity_n: int = param(200, at_least=0)
     # stamps both the exact engine and the estimator map, timed
     speed_n: int = param(1024, at_least=1)
+    # the selective operating point: the share of maps of highest doubt recomputed exactly
+    exact_share: float = param(0.05, at_least=0)
     seed: int = 0
+
+    def _check(self, section: str) -> None:
+        if self.exact_share > 1:
+            raise ValueError(f"{section}.exact_share must lie in [0, 1], got "
+                             f"{self.exact_share}")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from pipeline.core import fidelity
+
 BAD_R = 0.9  # a non-trivial map below this r is "bad"
 EXACT_SHARE = 0.05  # the default operating point: 5 % of the maps recomputed exactly
 SHARES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
@@ -73,6 +75,17 @@ def error_of(r: np.ndarray, non_trivial: np.ndarray) -> np.ndarray:
     """(N,) the true error a doubt should rank: 1 - r on non-trivial maps, 0 on the
     trivial ones (whose r is not judged)."""
     return np.where(np.asarray(non_trivial), 1.0 - judged_r(r, non_trivial), 0.0)
+
+
+def map_errors(estimate: np.ndarray, exact: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-map judgement of ``estimate`` against ``exact`` (both (N, H, W) raw maps):
+    {"r": (N,) Pearson r (NaN where either is constant), "non_trivial": (N,) bool
+    (exact amplitude >= ``fidelity.NON_TRIVIAL`` and not constant, as in
+    ``fidelity.fidelity_report``), "error": (N,) ``error_of`` in [0, 2]}."""
+    r = fidelity.pearson_r(estimate, exact)
+    non_trivial = (fidelity.amplitude(exact) >= fidelity.NON_TRIVIAL) & \
+        ~fidelity.is_constant(exact)
+    return {"r": r, "non_trivial": non_trivial, "error": error_of(r, non_trivial)}
 
 
 def delivered_figures(r: np.ndarray, non_trivial: np.ndarray, recomputed: np.ndarray) -> dict:

@@ -2,8 +2,12 @@
 
 Input: stamps (N, H, W, C) float32 in [0, 1] (others refused unless the request's
 parameter ``allow_out_of_range`` is true), all the channels of the data the model was
-trained on (21x21x4 for HiTS). Output: raw maps (N, H, W) float32 in [-1, 1]. The
-geometry is the explainer's own input shape. The logged model holds the Keras explainer
+trained on (21x21x4 for HiTS). Output, one entry per stamp in each: ``maps`` (N, H, W)
+float32 in [-1, 1] (raw maps of the explained class), ``target`` (N,) int32 (the explained,
+i.e. predicted, class: 0 bogus, 1 real), ``base_prob`` (N,) float32 (its probability) and,
+where the version has a doubt head, ``doubt`` (N,) float32 in [0, 2] (how wrong the map may
+be, ~1 - r against the exact map; recompute the highest exactly). The geometry is the
+explainer's own input shape. The logged model holds the Keras explainer
 (classifier pass for the conditioning + estimator) and this package's code, so a served
 model needs nothing else: ``mlflow models serve -m models:/occlusion-estimator@champion``.
 Registered through ``pipeline.glue.registry.register_explainer`` as "models from code"
@@ -53,22 +57,30 @@ class OcclusionEstimator(mlflow.pyfunc.PythonModel):
         self.explain = compile_explainer(self.model)
         return self
 
-    def maps(self, stamps, allow_out_of_range: bool = False,
-             source: str = "request") -> np.ndarray:
-        """(N, H, W) float32 maps of ``stamps`` (N, H, W, C); ``ValueError`` naming
-        ``source`` for stamps of another shape, NaN or (unless allowed) outside [0, 1]."""
-        from pipeline.core.explain import check_stamps, predict_maps
+    @property
+    def has_doubt(self) -> bool:
+        """Whether the explainer gives a doubt per map (versions before the doubt head and
+        those trained with ``estimator.doubt: false`` do not)."""
+        return isinstance(self.model.output, dict) and "doubt" in self.model.output
+
+    def explained(self, stamps, allow_out_of_range: bool = False,
+                  source: str = "request") -> dict[str, np.ndarray]:
+        """{"maps": (N, H, W) float32, "target": (N,) int32, "base_prob": (N,) float32
+        [, "doubt": (N,) float32]} of ``stamps`` (N, H, W, C) (the module's Output);
+        ``ValueError`` naming ``source`` for stamps of another shape, NaN or (unless
+        allowed) outside [0, 1]."""
+        from pipeline.core.explain import check_stamps, predict_explained
 
         checked = check_stamps(stamps, self.shape, source=source,
                                allow_out_of_range=allow_out_of_range)
-        return predict_maps(self.explain, checked)
+        return predict_explained(self.explain, checked)
 
     def predict(self, context, model_input, params=None):
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
         allow = bool((params or {}).get(ALLOW_OUT_OF_RANGE, False))
         try:
-            return self.maps(model_input, allow)
+            return self.explained(model_input, allow)
         except ValueError as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
 
@@ -119,9 +131,10 @@ def _quiet_downloads():
 
 
 def signature(explainer):
-    """Tensor signature of a Keras explainer: (-1, H, W, C) float32 in, (-1, H, W) out;
-    one parameter, ``allow_out_of_range`` (default false: stamps outside [0, 1] are
-    refused)."""
+    """Tensor signature of a Keras explainer: (-1, H, W, C) float32 in; out, named as the
+    explainer's outputs: ``maps`` (-1, H, W) float32, ``target`` (-1,) int32,
+    ``base_prob`` and ``doubt`` (-1,) float32; one parameter, ``allow_out_of_range``
+    (default false: stamps outside [0, 1] are refused)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
     from mlflow.types.schema import ParamSchema, ParamSpec
@@ -129,7 +142,12 @@ def signature(explainer):
     from pipeline.core.explain import model_geometry
 
     geometry = model_geometry(explainer)
+    outputs = explainer.output if isinstance(explainer.output, dict) else {
+        "maps": explainer.output}
+    specs = [TensorSpec(np.dtype(np.int32 if name == "target" else np.float32),
+                        (-1, *geometry.map_shape) if name == "maps" else (-1,), name)
+             for name in sorted(outputs)]
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *geometry.shape))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *geometry.map_shape))]),
+        outputs=Schema(specs),
         params=ParamSchema([ParamSpec(ALLOW_OUT_OF_RANGE, "boolean", False)]))

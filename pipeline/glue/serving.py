@@ -3,8 +3,11 @@
 The protocol is MLflow's scoring protocol for tensors, so a client of
 ``mlflow models serve`` works unchanged: ``POST /invocations`` with a JSON body
 ``{"inputs": stamps}`` (or ``"instances"``), stamps (N, H, W, C) in [0, 1], optionally
-``"params": {"allow_out_of_range": true}``; the answer is ``{"predictions": maps}``, maps
-(N, H, W) float32 in [-1, 1]. Errors are ``{"error_code": ..., "message": ...}`` as in MLflow,
+``"params": {"allow_out_of_range": true}``; the answer is ``{"predictions": {"maps": maps,
+"target": ..., "base_prob": ..., "doubt": ...}}`` (MLflow's shape for a model with named
+outputs): maps (N, H, W) float32 in [-1, 1], the explained (predicted) class (N,) (0 bogus,
+1 real), its probability (N,) and the doubt per map (N,) in [0, 2] where the version has
+one (``pipeline.glue.pyfunc``). Errors are ``{"error_code": ..., "message": ...}`` as in MLflow,
 but the message gives the reason only, never the request's data.
 
 Bounds (what MLflow's own server lacks):
@@ -24,8 +27,6 @@ import asyncio
 import concurrent.futures
 import functools
 import json
-
-import numpy as np
 
 DEFAULT_MAX_STAMPS = 1000
 # ~20 bytes of JSON per value: 1,000 HiTS stamps (21x21x4) are ~35 MB
@@ -169,8 +170,9 @@ def make_app(estimator, model_uri: str, max_stamps: int = DEFAULT_MAX_STAMPS,
     def answer(body: bytes) -> str:
         try:
             stamps, params = parse_request(body, max_stamps)
-            maps = estimator.maps(stamps, params.get("allow_out_of_range", False))
-            return json.dumps({"predictions": np.asarray(maps, np.float32).tolist()})
+            outputs = estimator.explained(stamps, params.get("allow_out_of_range", False))
+            return json.dumps({"predictions": {name: value.tolist()
+                                               for name, value in outputs.items()}})
         finally:
             release_freed_memory()
 

@@ -2,7 +2,8 @@
 
 Reads ``<prepared_dir>/{train,val,test}.npz``, ``<occlusion_dir>/{train,val,test}.npz`` and
 ``<models_dir>/classifier.keras``; writes ``<models_dir>/estimator.keras`` (the explainer:
-classifier pass + estimator, stamps (N, H, W, C) -> maps (N, H, W)),
+classifier pass + estimator [+ doubt head], stamps (N, H, W, C) -> {maps (N, H, W), target
+(N,), base_prob (N,)[, doubt (N,)]}),
 ``<metrics_dir>/train_estimator.json`` (training figures and the test-split fidelity
 report) and ``<plots_dir>/train_estimator/gallery.png``; logs the run ``train_estimator``
 and registers a new version of ``occlusion-estimator`` (an MLflow pyfunc), tagged complete
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core import fidelity, plots
+from pipeline.core import fidelity, plots, selective
 from pipeline.core.params import EstimatorParams, OcclusionParams, PathsParams
 from pipeline.glue import tracking
 from pipeline.glue.artifacts import (
@@ -113,7 +114,14 @@ def main() -> None:
                 channels=geometry.channels).savefig(temp, format="png")
         mlflow.log_artifact(str(gallery))
 
-        explainer = estimators.explainer(classifier, model, cfg.condition)
+        doubt_head = None
+        if cfg.doubt:
+            doubt_head, figures["doubt"] = _doubt(classifier, splits, estimates, cfg)
+            mlflow.log_metrics({f"doubt_{key}": value
+                                for key, value in figures["doubt"]["test"].items()
+                                if isinstance(value, float)})
+        explainer = estimators.explainer_with_doubt(classifier, model, cfg.condition,
+                                                    doubt_head)
         target = Path(paths.models_dir) / "estimator.keras"
         with atomic_paths(target) as (temp,):
             explainer.save(temp)
@@ -122,6 +130,10 @@ def main() -> None:
         version = register_explainer(target, "estimator", REGISTERED_NAME,
                                      splits["val"]["images"][:4],
                                      tags={"arch": cfg.arch, "run_id": run.info.run_id,
+                                           "doubt": str(cfg.doubt).lower(),
+                                           # the classifier whose exact maps it estimates:
+                                           # `occmap explain --exact-share` recomputes with it
+                                           "classifier_version": _classifier_version(paths),
                                            **{k: v for k, v in report["headline"].items()
                                               if k != "goals"}})
         fault_point("train_estimator:registered")
@@ -131,12 +143,75 @@ def main() -> None:
     write_json(Path(paths.metrics_dir) / "train_estimator.json", figures)
     fault_point("train_estimator:written")
     mark_complete(version)  # last: until here the version is refused by every consumer
+    doubt_line = ""
+    if "doubt" in figures:
+        test = figures["doubt"]["test"]
+        doubt_line = (f"; doubt: Spearman with the error {_fmt(test['spearman_doubt_error'])}, "
+                      f"bad maps {test['bad_estimate']} -> {test['bad_delivered']} with "
+                      f"{test['exact_share']:.0%} recomputed")
     head = {key: "n/a" if value is None else f"{value:.3f}"
             for key, value in report["headline"].items() if key not in ("goals", "meets_goals")}
     print(f"train_estimator: {cfg.arch} ({model.count_params()} parameters), {seconds:.0f} s; "
           f"test: median r on non-trivial maps real {head['real_median_r']} / bogus "
           f"{head['bogus_median_r']}, MSE skill {head['mse_skill_overall']}; registered "
-          f"{REGISTERED_NAME} v{version.version}")
+          f"{REGISTERED_NAME} v{version.version}{doubt_line}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _classifier_version(paths: PathsParams) -> str:
+    """The registered classifier version train_classifier recorded ("" if none)."""
+    import json
+
+    try:
+        recorded = json.loads((Path(paths.metrics_dir) / "train_classifier.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(recorded.get("registered", {}).get("version", ""))
+
+
+def _doubt(classifier, splits: dict, estimates: dict, cfg: EstimatorParams):
+    """(doubt model, figures): the doubt head trained on the validation split's estimates
+    (``estimates["val"]`` (N, H, W)) and their true errors, maps the estimator did not
+    learn from; judged on the test split at the default operating point (``evaluate``
+    judges it in full)."""
+    from pipeline.core.models.training import doubt_condition, fit_doubt_head, seen_channels
+
+    def head_condition(split):
+        return doubt_condition(classifier, split["condition"], cfg.condition)
+
+    channels = seen_channels(classifier)
+    val = splits["val"]
+    judged = selective.map_errors(estimates["val"], val["maps"])
+    head, history, seconds = fit_doubt_head(
+        {"images": val["images"], "condition": head_condition(val), "maps": estimates["val"],
+         "error": judged["error"]}, channels, seed=cfg.seed, epochs=cfg.doubt_epochs,
+        verbose=0)
+    test = splits["test"]
+    doubt = head.predict([test["images"], head_condition(test), estimates["test"]],
+                         batch_size=4096, verbose=0)
+    on_test = selective.map_errors(estimates["test"], test["maps"])
+    report = selective.selective_report(on_test["r"], on_test["non_trivial"], doubt,
+                                        test["labels"], seed=cfg.seed)
+    point = report["operating_point"]["doubt"]["all"]
+    figures = {"training": {"maps": len(judged["error"]),
+                            "non_trivial": int(judged["non_trivial"].sum()),
+                            "parameters": head.count_params(),
+                            "epochs_run": len(history["loss"]),
+                            "best_val_loss": float(np.min(history["val_loss"])),
+                            "seconds": seconds},
+               "test": {"exact_share": report["exact_share"],
+                        "spearman_doubt_error": report["spearman_doubt_error"],
+                        "bad_share_estimate": report["bad_share_estimate"],
+                        "bad_share_delivered": report["bad_share_delivered"],
+                        "bad_estimate": selective.delivered_figures(
+                            on_test["r"], on_test["non_trivial"],
+                            np.zeros(len(doubt), bool))["bad"],
+                        "bad_delivered": point["bad"],
+                        "p0_1_r_delivered": report["p0_1_r_delivered"]}}
+    return head, figures
 
 
 if __name__ == "__main__":

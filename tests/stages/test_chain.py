@@ -112,7 +112,14 @@ def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
     with np.load(tmp_path / "data" / "prepared" / "test.npz") as npz:
         stamps = npz["images"][:8]
     expected = explainer.predict(stamps, verbose=0)
-    assert expected.shape == (8, 21, 21)
+    assert sorted(expected) == ["base_prob", "doubt", "maps", "target"]
+    assert expected["maps"].shape == (8, 21, 21) and expected["doubt"].shape == (8,)
+    assert ((expected["doubt"] >= 0) & (expected["doubt"] <= 2)).all()
+    # the doubt head learnt from the validation maps' true errors; judged on the test split
+    doubt = metrics["doubt"]
+    assert doubt["training"]["maps"] == 23 and doubt["training"]["epochs_run"] >= 1
+    assert doubt["test"]["exact_share"] == 0.05
+    assert doubt["test"]["bad_delivered"] <= doubt["test"]["bad_estimate"]
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     run = client.get_run(metrics["registered"]["run_id"])
@@ -123,7 +130,17 @@ def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     served = mlflow.pyfunc.load_model("models:/occlusion-estimator/1")
-    np.testing.assert_allclose(served.predict(stamps), expected, atol=1e-6)
+    answer = served.predict(stamps)
+    assert sorted(answer) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(answer[name], value, atol=1e-6, err_msg=name)
+    version = client.get_model_version("occlusion-estimator", "1")
+    classifier = json.loads((tmp_path / "metrics" / "train_classifier.json").read_text())
+    assert version.tags["classifier_version"] == str(classifier["registered"]["version"])
+    assert version.tags["doubt"] == "true"
+    info = mlflow.models.get_model_info(version.source)
+    assert {spec.name: spec.shape for spec in info.signature.outputs.inputs} == {
+        "base_prob": (-1,), "doubt": (-1,), "maps": (-1, 21, 21), "target": (-1,)}
     bad = stamps.copy()
     bad[2, 3, 3, 1] = np.nan
     with pytest.raises(Exception, match="NaN"):
@@ -153,11 +170,25 @@ def test_evaluate_stage_end_to_end(tiny_champion):
     assert speed["exact_engine"] == "incremental"
     assert speed["speedup_over_batched"] == pytest.approx(
         speed["estimator_maps_per_s"] / speed["batched_maps_per_s"])
+    # the doubt head's extra time, against the explainer without it, timed in the same run
+    assert speed["doubt_share_of_explainer_time"] == pytest.approx(
+        speed["estimator_without_doubt_maps_per_s"] / speed["estimator_maps_per_s"] - 1)
     assert figures["judged"]["train_estimator"]["version"] == 1
+    chosen = figures["selective"]
+    assert chosen["exact_share"] == 0.05 and chosen["n"] == 30
+    # 5 % of 30 maps: ceil(1.5) = 2 recomputed, in each order
+    assert {policy: point["all"]["recomputed"]
+            for policy, point in chosen["operating_point"].items()} == {
+        "doubt": 2, "oracle": 2, "random": 2}
+    assert set(chosen["aurc"]) == {"doubt", "oracle", "random"}
+    assert chosen["aurc"]["oracle"] <= min(chosen["aurc"].values()) + 1e-12
     out = tmp_path / "plots" / "evaluate"
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion.png", "deletion.csv", "deletion.png", "fidelity_by_amplitude.csv",
-        "gallery.png"]
+        "gallery.png", "selective.csv", "selective.png"]
+    rows = (out / "selective.csv").read_text().splitlines()
+    assert rows[0].startswith("share,doubt_median_r,doubt_p1_r,doubt_p0_1_r,doubt_bad_share,")
+    assert len(rows) == 1 + len(chosen["curves"]["doubt"])
     rows = (out / "deletion.csv").read_text().splitlines()
     assert rows[0] == "fraction_removed,exact,estimate,class_mean,random" and len(rows) == 23
 
@@ -244,7 +275,7 @@ def test_the_chain_runs_on_31x31_stamps_of_three_channels(chain_31x31x3, tmp_pat
     np.testing.assert_allclose(maps[:3], again, atol=1e-6)
 
     explainer = keras.saving.load_model(project / "models" / "estimator.keras")
-    assert explainer.predict(stamps[:5], verbose=0).shape == (5, 31, 31)
+    assert explainer.predict(stamps[:5], verbose=0)["maps"].shape == (5, 31, 31)
     evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert evaluate["fidelity"]["overall"]["n"] == len(stamps)
     promote = json.loads((project / "metrics" / "promote.json").read_text())
@@ -255,7 +286,8 @@ def test_the_chain_runs_on_31x31_stamps_of_three_channels(chain_31x31x3, tmp_pat
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     info = mlflow.models.get_model_info(version.source)
     assert info.signature.inputs.inputs[0].shape == (-1, 31, 31, 3)
-    assert info.signature.outputs.inputs[0].shape == (-1, 31, 31)
+    outputs = {spec.name: spec.shape for spec in info.signature.outputs.inputs}
+    assert outputs["maps"] == (-1, 31, 31) and outputs["doubt"] == (-1,)
 
     # occmap serves the same geometry from the registry, and names a mismatch clearly
     from click.testing import CliRunner
@@ -269,8 +301,8 @@ def test_the_chain_runs_on_31x31_stamps_of_three_channels(chain_31x31x3, tmp_pat
         env={"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
     assert result.exit_code == 0, result.output
     with np.load(out) as npz:
-        np.testing.assert_allclose(npz["maps"], explainer.predict(stamps[:4], verbose=0),
-                                   atol=1e-6)
+        np.testing.assert_allclose(npz["maps"],
+                                   explainer.predict(stamps[:4], verbose=0)["maps"], atol=1e-6)
     np.savez(tmp_path / "hits.npz", images=np.zeros((2, 21, 21, 4), np.float32))
     result = CliRunner().invoke(
         main, ["explain", str(tmp_path / "hits.npz"), "--out", str(tmp_path / "no.npz"),

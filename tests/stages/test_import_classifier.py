@@ -119,9 +119,10 @@ def test_a_savedmodel_takes_class_or_margin_conditions_only(tiny_chain, tmp_path
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     served = mlflow.pyfunc.load_model("models:/occlusion-estimator/1")
     explainer = keras.saving.load_model(project / "models" / "estimator.keras")
-    np.testing.assert_allclose(served.predict(images[:4]), explainer.predict(images[:4],
-                                                                             verbose=0),
-                               atol=1e-6)
+    answer, expected = served.predict(images[:4]), explainer.predict(images[:4], verbose=0)
+    assert sorted(answer) == sorted(expected) == ["base_prob", "doubt", "maps", "target"]
+    for name, value in expected.items():
+        np.testing.assert_allclose(answer[name], value, atol=1e-6, err_msg=name)
 
 
 def _lambda_file(tmp_path):

@@ -134,19 +134,35 @@ def with_quarter_turns(split: dict, classifier, occlusion) -> tuple[dict, str]:
     return turned | {"images": images, "maps": maps}, "used: 4 x the exact training maps"
 
 
+def seen_channels(classifier) -> tuple[int, ...]:
+    """The stamp channels ``classifier`` reads (all of them where it selects none)."""
+    from pipeline.core.models.classifiers import seen_channels_predict_fn
+
+    seen = seen_channels_predict_fn(classifier)[1]
+    return tuple(seen) if seen is not None else tuple(range(classifier.input.shape[-1]))
+
+
+def doubt_condition(classifier, condition: np.ndarray, kind: str) -> np.ndarray:
+    """The leading columns of an estimator's ``condition`` (N, D) of kind ``kind``
+    (``EstimatorParams.condition``) that the doubt head reads: all but the flattened
+    taps of a ``taps`` condition (``doubt.doubt_condition_size``)."""
+    from pipeline.core.models import doubt, estimators
+
+    taps = int(np.prod(estimators.tap_shape(classifier))) if kind == "taps" else 0
+    return condition[:, :doubt.doubt_condition_size(condition.shape[1], taps)]
+
+
 def fit_estimator(cfg, classifier, splits: dict, callbacks=(), verbose: int = 0):
     """Build the ``cfg`` (``EstimatorParams``) estimator for ``classifier`` and train it on
     ``splits["train"]`` (images (N, H, W, C), condition (N, D), maps (N, H, W) in [-1, 1]),
     early-stopping on ``splits["val"]``'s loss with the best weights restored. Returns
     (model, history dict, training seconds)."""
     from pipeline.core.models import estimators
-    from pipeline.core.models.classifiers import make_optimizer, seen_channels_predict_fn
+    from pipeline.core.models.classifiers import make_optimizer
 
     keras.utils.set_random_seed(cfg.seed)
-    seen = seen_channels_predict_fn(classifier)[1]
-    channels = tuple(seen) if seen is not None else tuple(range(classifier.input.shape[-1]))
     model = estimators.build_estimator(
-        cfg.arch, classifier, channels, splits["train"]["condition"].shape[1],
+        cfg.arch, classifier, seen_channels(classifier), splits["train"]["condition"].shape[1],
         copy_weights=cfg.copy_weights, freeze_encoder=cfg.freeze_encoder, **cfg.hparams)
     model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
                   loss=estimators.relative_map_loss(cfg.shape_weight), metrics=["mse"])
