@@ -567,7 +567,8 @@ def bench_serving(server: str, requests: int, stamps_per_request: int, port: int
                                              headers={"Content-Type": "application/json"})
             start = time.perf_counter()
             with urllib.request.urlopen(request, timeout=600) as answer:
-                maps = np.asarray(json.loads(answer.read())["predictions"], np.float32)
+                maps = np.asarray(json.loads(answer.read())["predictions"]["maps"],
+                                  np.float32)
             seconds.append(time.perf_counter() - start)
             assert maps.shape == (stamps_per_request, *stamps.shape[1:3])
             after.append(_tree_rss_mb(process.pid))

@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> None:
                          for role in versions},
             "figures": champion_figures, "test_data_sha256": champion_data,
             "same_test_data": comparable},
+        # Reported beside the decision, not checked by it (docs/promotion-and-serving.md):
+        # bad maps are a handful per test split, too few for a margin rule to be stable.
+        "doubt_not_gated": {key: evaluate.get("selective", {}).get(key) for key in (
+            "exact_share", "bad_share_estimate", "bad_share_delivered",
+            "spearman_doubt_error", "p0_1_r_delivered")} if "selective" in evaluate else None,
     }
     if not comparable:
         print("promote: warning: the champion's figures were measured on other test data")
