@@ -57,12 +57,6 @@ class OcclusionEstimator(mlflow.pyfunc.PythonModel):
         self.explain = compile_explainer(self.model)
         return self
 
-    @property
-    def has_doubt(self) -> bool:
-        """Whether the explainer gives a doubt per map (versions before the doubt head and
-        those trained with ``estimator.doubt: false`` do not)."""
-        return isinstance(self.model.output, dict) and "doubt" in self.model.output
-
     def explained(self, stamps, allow_out_of_range: bool = False,
                   source: str = "request") -> dict[str, np.ndarray]:
         """{"maps": (N, H, W) float32, "target": (N,) int32, "base_prob": (N,) float32
