@@ -51,8 +51,11 @@ tune: install ## Optuna searches for the classifier and the estimator (WORKERS=2
 	TUNE_WORKERS=$(WORKERS) $(BIN)/dvc repro tuning/dvc.yaml:tune_classifier \
 		tuning/dvc.yaml:tune_estimator
 
+# One worker and no job runner: the UI of one project needs no more on 2 cores.
 ui: install ## MLflow UI on 127.0.0.1 (port UI_PORT, default 5000) over the project store
-	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) \
+	@$(BIN)/occmap store urls --port $(UI_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 \
+		--port $(UI_PORT) --workers 1 \
 		--backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
 

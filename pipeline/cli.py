@@ -141,6 +141,26 @@ def with_exact_fallback(result: dict[str, np.ndarray], version, stamps: np.ndarr
     return result, model_uri(CLASSIFIER_NAME, classifier_version)
 
 
+def project_folder() -> Path:
+    """The project whose store occmap uses by default: the project folder it runs in,
+    else (run from elsewhere) the project this package was installed from (an editable
+    install), so that it never starts a new store where it happens to run."""
+    from pipeline.glue import tracking
+
+    here = tracking.project_root()
+    installed_from = Path(__file__).resolve().parents[1]
+    if not (here / "dvc.yaml").is_file() and (installed_from / "dvc.yaml").is_file():
+        return installed_from
+    return here
+
+
+def default_store() -> str:
+    """MLFLOW_TRACKING_URI when set, else the embedded store of ``project_folder()``."""
+    from pipeline.glue import tracking
+
+    return tracking.tracking_uri(project_folder())
+
+
 def open_registry(uri: str, must_exist: bool = True) -> None:
     """Point MLflow at the store ``uri``; with ``must_exist`` (the registry is read) a
     store that is not there or does not answer is a ``ClickException`` first."""
@@ -153,6 +173,8 @@ def open_registry(uri: str, must_exist: bool = True) -> None:
             tracking.check_store(uri, must_exist=True)
         except tracking.StoreUnavailable as err:
             raise click.ClickException(str(err)) from None
+    if uri == tracking.default_tracking_uri(project_folder()):
+        tracking.reroot_store(project_folder())  # the project may have been moved
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
 
@@ -335,10 +357,9 @@ def explain(stamps: Path, out: Path, exact: bool, exact_share: float | None,
     from mlflow.exceptions import MlflowException
 
     from pipeline.core.geometry import CLASS_NAMES
-    from pipeline.glue import tracking
     from pipeline.glue.files import atomic_paths, save_npz
 
-    uri = tracking_uri or tracking.tracking_uri()
+    uri = tracking_uri or default_store()
     open_registry(uri, must_exist=classifier_file is None)  # read only without a file
     name = CLASSIFIER_NAME if exact else ESTIMATOR_NAME
     source = (str(classifier_file) if classifier_file is not None
@@ -417,10 +438,10 @@ def serve(model: str, host: str, port: int, max_stamps: int, max_request_mb: flo
     import uvicorn
     from mlflow.exceptions import MlflowException
 
-    from pipeline.glue import serving, tracking
+    from pipeline.glue import serving
     from pipeline.glue.pyfunc import load_registered_explainer
 
-    uri = tracking_uri or tracking.tracking_uri()
+    uri = tracking_uri or default_store()
     open_registry(uri)
     source = model_uri(ESTIMATOR_NAME, model)
     try:
@@ -434,6 +455,46 @@ def serve(model: str, host: str, port: int, max_stamps: int, max_request_mb: flo
     click.echo(f"occmap serve: {source} ({pinned}) on http://{host}:{port}, at most "
                f"{max_stamps} stamps / {max_request_mb:g} MiB per request")
     uvicorn.run(app, host=host, port=port, log_level="warning", workers=1)
+
+
+@main.group()
+def store():
+    """The project's MLflow store (mlruns/): re-root it after a move, print its URLs."""
+
+
+@store.command()
+def reroot():
+    """Point the store at its own artifacts after the project folder was moved or copied.
+
+    The stages, occmap and make ui do it themselves; this command does it alone.
+    """
+    from pipeline.glue import tracking
+
+    root = project_folder()
+    if default_store() != tracking.default_tracking_uri(root):
+        raise click.ClickException(f"{default_store()}: not the project's embedded store "
+                                   "(MLFLOW_TRACKING_URI is set); nothing to re-root")
+    count = tracking.reroot_store(root)
+    click.echo(f"occmap store reroot: {count} location(s) now under {root / 'mlruns'}")
+
+
+@store.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+def urls(host: str, port: int):
+    """The MLflow UI's pages for this project: the runs table and the models."""
+    from pipeline.glue import tracking
+
+    uri = default_store()
+    open_registry(uri)
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(tracking.EXPERIMENT)
+    base = f"http://{host}:{port}/#"
+    if found is not None:
+        click.echo(f"runs:   {base}/experiments/{found.experiment_id}/runs"
+                   "?workflowType=machine_learning")
+    click.echo(f"models: {base}/models?workflowType=machine_learning")
 
 
 if __name__ == "__main__":

@@ -179,6 +179,14 @@ def selective_figure(curves: dict[str, list[dict]], operating_share: float,
     return fig
 
 
+def message_figure(text: str) -> plt.Figure:
+    """A small figure that only says ``text``: stands in for a plot that cannot be drawn
+    (e.g. the selective curves of an estimator without a doubt head)."""
+    fig = plt.figure(figsize=(5, 1), dpi=100)
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    return fig
+
+
 def stamp_panel_figure(stamp: np.ndarray, occlusion_map: np.ndarray, caption: str = "",
                        channels=None) -> plt.Figure:
     """One stamp's channels (grey, [0, 1]) beside its map (symmetric colour scale).

@@ -157,7 +157,8 @@ def selective_report(r: np.ndarray, non_trivial: np.ndarray, doubt: np.ndarray,
     Keys: ``exact_share`` (the operating point), ``bad_share_estimate`` (non-trivial maps
     with r < ``BAD_R``, estimate only), ``bad_share_delivered`` (after recomputing the
     ``exact_share`` of highest doubt), ``bad_reduction`` (their ratio; None where
-    nothing is bad after), ``p0_1_r_delivered``, ``spearman_doubt_error`` (over the
+    nothing is bad after), ``bad_estimate`` / ``bad_delivered`` (the same as counts),
+    ``p0_1_r_estimate`` / ``p0_1_r_delivered``, ``spearman_doubt_error`` (over the
     non-trivial maps), ``aurc`` per policy, ``operating_point`` (per policy, overall and
     per true class) and ``curves`` (per policy, ``selective_curves``)."""
     non_trivial = np.asarray(non_trivial, bool)
@@ -180,6 +181,8 @@ def selective_report(r: np.ndarray, non_trivial: np.ndarray, doubt: np.ndarray,
         "bad_share_estimate": before,
         "bad_share_delivered": after,
         "bad_reduction": (before / after if before is not None and after else None),
+        "bad_estimate": estimate_only["bad"],
+        "bad_delivered": operating["doubt"]["all"]["bad"],
         "p0_1_r_estimate": estimate_only["p0_1_r"],
         "p0_1_r_delivered": operating["doubt"]["all"]["p0_1_r"],
         "spearman_doubt_error": spearman(np.asarray(doubt)[non_trivial], error[non_trivial]),

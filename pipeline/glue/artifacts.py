@@ -131,3 +131,15 @@ def load_model(path: str | Path, made_by: str = "train_classifier"):
         return keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, TypeError) as err:
         raise ValueError(f"{path}: not a loadable Keras model ({err})") from None
+
+
+def registered_version(metrics_dir: str | Path, stage: str) -> dict:
+    """{"name", "version", "run_id"} of the model version the training stage ``stage``
+    recorded in ``<metrics_dir>/<stage>.json`` ({} when it recorded none)."""
+    import json
+
+    try:
+        return json.loads((Path(metrics_dir) / f"{stage}.json").read_text()).get(
+            "registered", {})
+    except (OSError, ValueError):
+        return {}

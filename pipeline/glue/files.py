@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import re
@@ -89,6 +90,18 @@ def save_npz(file: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` uncompressed to an already-open temp path (no pickled objects)."""
     with open(file, "wb") as handle:
         np.savez(handle, **arrays)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of the file at ``path``; a clear error when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the stage that makes it first)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, payload: dict) -> None:

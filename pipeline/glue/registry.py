@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.glue.completion import COMPLETE_TAG
+from pipeline.glue.tracking import rounded
 
 # What a logged model needs at serving time, pinned to the versions installed here
 # (stating them skips MLflow's slow requirement inference).
@@ -31,10 +32,10 @@ def pinned_requirements(*packages: str) -> list[str]:
 
 
 def register_keras_model(model, name: str, registered_model_name: str, example, *,
-                         tags: Mapping | None = None):
+                         tags: Mapping | None = None, description: str = ""):
     """Log the Keras ``model`` (a classifier: stamps -> probabilities) to the active run
     with a signature inferred on ``example`` (a small batch of stamps), register it and
-    tag the version. Returns the registered ``ModelVersion``."""
+    tag and describe the version. Returns the registered ``ModelVersion``."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -48,15 +49,16 @@ def register_keras_model(model, name: str, registered_model_name: str, example, 
         model, name=name, signature=signature, input_example=example,
         custom_objects=custom_objects, registered_model_name=registered_model_name,
         pip_requirements=pinned_requirements(*SERVING_PACKAGES))
-    return _tagged_version(registered_model_name, info.registered_model_version, tags)
+    return _tagged_version(registered_model_name, info.registered_model_version, tags,
+                           description)
 
 
 def register_explainer(explainer_path: str | Path, name: str, registered_model_name: str,
-                       example, *, tags: Mapping | None = None):
+                       example, *, tags: Mapping | None = None, description: str = ""):
     """Log the Keras explainer saved at ``explainer_path`` (stamps -> maps) to the active
     run as the ``pyfunc.OcclusionEstimator`` pyfunc, with this package's code and a
     signature taken from the explainer's own input and output shapes; register it and tag
-    the version. Returns the registered ``ModelVersion``."""
+    and describe the version. Returns the registered ``ModelVersion``."""
     import mlflow
 
     from pipeline.glue import pyfunc, pyfunc_model
@@ -71,17 +73,22 @@ def register_explainer(explainer_path: str | Path, name: str, registered_model_n
         signature=pyfunc.signature(explainer), input_example=np.asarray(example, np.float32),
         registered_model_name=registered_model_name,
         pip_requirements=pinned_requirements(*SERVING_PACKAGES))
-    return _tagged_version(registered_model_name, info.registered_model_version, tags)
+    return _tagged_version(registered_model_name, info.registered_model_version, tags,
+                           description)
 
 
 def _tagged_version(registered_model_name: str, version: str | int,
-                    tags: Mapping | None = None):
-    """The registered ``ModelVersion``, after setting ``tags`` on it."""
+                    tags: Mapping | None = None, description: str = ""):
+    """The registered ``ModelVersion``, after setting ``tags`` on it (floats rounded to
+    what a reader needs) and its ``description``."""
     import mlflow
 
     client = mlflow.MlflowClient()
     # first of all: the version is not to be used until its stage says it is complete
     client.set_model_version_tag(registered_model_name, str(version), COMPLETE_TAG, "false")
     for key, value in (tags or {}).items():
-        client.set_model_version_tag(registered_model_name, str(version), key, str(value))
+        client.set_model_version_tag(registered_model_name, str(version), key,
+                                     rounded(value))
+    if description:
+        client.update_model_version(registered_model_name, str(version), description)
     return client.get_model_version(registered_model_name, str(version))

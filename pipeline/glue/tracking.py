@@ -17,6 +17,8 @@ from pathlib import Path
 
 EXPERIMENT = "hits-occlusion"
 STORE_DIR = "mlruns"
+# The MLflow UI's kind of experiment: model training (runs table, charts, Models), not GenAI.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -103,6 +105,49 @@ def check_store(uri: str, *, must_exist: bool = False, timeout: float = REACH_TI
                                    "run dvc repro to make one, or name the right store")
 
 
+# Where the embedded SQLite store records absolute locations (its artifacts' folders).
+LOCATION_COLUMNS = (("experiments", "artifact_location", "experiment_id"),
+                    ("runs", "artifact_uri", "run_uuid"),
+                    ("model_versions", "source", "name, version"),
+                    ("model_versions", "storage_location", "name, version"),
+                    ("logged_models", "artifact_location", "model_id"))
+
+
+def reroot_store(root: str | Path) -> int:
+    """Make the project's embedded store (``<root>/mlruns/mlflow.db``) point at its own
+    artifacts after the project folder was moved or copied: every location recorded
+    under ``<old root>/mlruns/`` (plain or ``file://``) is rewritten to ``<root>/mlruns/``.
+    Returns the number of locations rewritten (0 when none moved or there is no store)."""
+    import re
+    import sqlite3
+
+    root = Path(root).resolve()
+    database = root / STORE_DIR / "mlflow.db"
+    if not database.is_file():
+        return 0
+    recorded = re.compile(r"^(file://)?(/.*?)/" + STORE_DIR + "/")
+    rewritten = 0
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column, key in LOCATION_COLUMNS:
+            if table not in tables:
+                continue
+            keys = key.split(", ")
+            rows = connection.execute(
+                f"SELECT {column}, {key} FROM {table} WHERE {column} LIKE '%/{STORE_DIR}/%'")  # noqa: S608 (names from LOCATION_COLUMNS)
+            for value, *ids in rows.fetchall():
+                found = recorded.match(value)
+                if not found or Path(found.group(2)) == root:
+                    continue
+                moved = f"{found.group(1) or ''}{root}/{STORE_DIR}/{value[found.end():]}"
+                connection.execute(
+                    f"UPDATE {table} SET {column} = ? WHERE "  # noqa: S608
+                    + " AND ".join(f"{name} = ?" for name in keys), (moved, *ids))
+                rewritten += 1
+    return rewritten
+
+
 def configure(root: str | Path | None = None, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the project's store and experiment; returns the experiment id.
 
@@ -119,6 +164,7 @@ def configure(root: str | Path | None = None, experiment: str = EXPERIMENT) -> s
     embedded = uri == default_tracking_uri(root)
     if embedded:
         (root / STORE_DIR).mkdir(parents=True, exist_ok=True)
+        reroot_store(root)  # the project may have been moved or copied since
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
@@ -127,6 +173,10 @@ def configure(root: str | Path | None = None, experiment: str = EXPERIMENT) -> s
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
     else:
         experiment_id = found.experiment_id
+    if found is None or EXPERIMENT_KIND_TAG not in found.tags:
+        # else the UI opens the experiment in its GenAI view, without the runs table
+        mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG,
+                                                 EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -213,10 +263,126 @@ def recover(experiment_id: str) -> None:
         print(f"deleted {name} version {version}: {why}", file=sys.stderr)
 
 
+# The headline figures. Every run that has one logs it under the same name (whichever
+# stage measured it), so the runs table and its charts compare stages and runs; the full
+# figures go into each run's JSON artifact instead of hundreds of metrics.
+CLASSIFIER_HEADLINE = ("accuracy", "roc_auc", "f1", "precision", "recall", "loss")
+FIDELITY_HEADLINE = {"real_median_r": "real_median_r", "bogus_median_r": "bogus_median_r",
+                     "real_mean_ssim": "real_mean_ssim", "bogus_mean_ssim": "bogus_mean_ssim",
+                     "real_mse_skill": "real_mse_skill", "bogus_mse_skill": "bogus_mse_skill",
+                     "mse_skill": "mse_skill_overall"}
+SELECTIVE_HEADLINE = {"exact_share": "exact_share", "doubt_spearman": "spearman_doubt_error",
+                      "bad_share_estimate": "bad_share_estimate",
+                      "bad_share_delivered": "bad_share_delivered",
+                      "p0_1_r_estimate": "p0_1_r_estimate",
+                      "p0_1_r_delivered": "p0_1_r_delivered"}
+# The most metric names one run may log: more and the runs table and its charts stop
+# being readable (checked by the tests on every stage's run).
+METRICS_PER_RUN = 60
+
+
+def classifier_metrics(figures: Mapping, prefix: str = "test_") -> dict[str, float]:
+    """``test_accuracy``, ``test_roc_auc``, ... of ``classification_figures`` of a split."""
+    return _picked(figures, {f"{prefix}{key}": key for key in CLASSIFIER_HEADLINE})
+
+
+def fidelity_metrics(headline: Mapping) -> dict[str, float]:
+    """``real_median_r``, ``bogus_median_r``, ``real_mean_ssim``, ``bogus_mean_ssim``,
+    ``mse_skill``, ... of a fidelity report's ``headline``."""
+    return _picked(headline, FIDELITY_HEADLINE)
+
+
+def selective_metrics(report: Mapping) -> dict[str, float]:
+    """``doubt_spearman``, ``bad_share_estimate``, ``bad_share_delivered``,
+    ``p0_1_r_delivered``, ... of a selective report (the figures it has)."""
+    return _picked(report, SELECTIVE_HEADLINE)
+
+
+def _picked(figures: Mapping, names: Mapping[str, str]) -> dict[str, float]:
+    """{metric name: float(figures[key])} for the finite numbers among ``names``' keys."""
+    out = {}
+    for name, key in names.items():
+        value = figures.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                value == value and abs(value) != float("inf"):
+            out[name] = float(value)
+    return out
+
+
+def rounded(value, digits: int = 4) -> str:
+    """A tag value as a reader wants it: floats to ``digits`` significant digits."""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def log_split_inputs(folder: str | Path, splits: Mapping[str, Mapping], source: str,
+                     features: str = "images", targets: str = "labels") -> dict[str, str]:
+    """Log each split file ``<folder>/<split>.npz`` the run reads as an MLflow dataset
+    input of the active run: name ``<source>/<split>`` (e.g. ``synthetic/train``), digest
+    the first 32 hex digits of the file's sha256 (the whole one in the input's ``sha256``
+    tag), context ``training`` / ``validation`` / ``test``, and the arrays ``features``
+    (N, ...) and ``targets`` (N,) of ``splits[split]`` for the schema and profile.
+    Returns {split: sha256}."""
+    import mlflow
+
+    from pipeline.glue.files import file_sha256
+
+    contexts = {"train": "training", "val": "validation", "test": "test"}
+    digests = {}
+    for name, split in splits.items():
+        path = Path(folder) / f"{name}.npz"
+        digests[name] = file_sha256(path)
+        dataset = mlflow.data.from_numpy(split[features], targets=split.get(targets),
+                                         source=str(path), name=f"{source}/{name}",
+                                         digest=digests[name][:32])
+        mlflow.log_input(dataset, context=contexts.get(name, name),
+                         tags={"sha256": digests[name]})
+    return digests
+
+
+def logged_model_id(version) -> str | None:
+    """The id (``m-...``) of the logged model behind a registered ``ModelVersion``: its
+    ``model_id``, which a SQLite registry does not keep, else read from its source
+    ``models:/m-...``; None for a version registered from a plain path."""
+    if version.model_id:
+        return version.model_id
+    source = version.source or ""
+    if source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
+        return source[len("models:/"):]
+    return None
+
+
+def judged_models(versions) -> dict[str, str]:
+    """{registered model name: logged model id} of the model versions (dicts with
+    ``name`` and ``version``, as the training stages record them) that the active run
+    judges; each is logged as an input model of the run, so the run links to it."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    ids = {}
+    for entry in versions:
+        if not entry.get("name") or not entry.get("version"):
+            continue
+        try:
+            found = client.get_model_version(entry["name"], str(entry["version"]))
+        except MlflowException:
+            continue  # not in this store: nothing to link
+        if model_id := logged_model_id(found):
+            ids[entry["name"]] = model_id
+    if ids:
+        client.log_inputs(mlflow.active_run().info.run_id,
+                          models=[LoggedModelInput(model_id) for model_id in ids.values()])
+    return ids
+
+
 def epoch_logger(stage: str = ""):
     """A Keras callback that logs every epoch's metrics (loss, val_loss, ...) to the
-    active MLflow run, with the epoch as the step; fault point ``<stage>:epoch`` after
-    each epoch's metrics are logged."""
+    active MLflow run, with the epoch (from 1) as the step; fault point ``<stage>:epoch``
+    after each epoch's metrics are logged. Step 0 is left to the final figures: MLflow
+    links a run's step-0 metrics to the model it logs."""
     import keras
     import mlflow
 
@@ -225,7 +391,7 @@ def epoch_logger(stage: str = ""):
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if logs:
-                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
             fault_point(f"{stage}:epoch")
 
     return EpochLogger()

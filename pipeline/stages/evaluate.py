@@ -11,7 +11,7 @@ the MLflow run ``evaluate`` tagged with the model versions it judged.
 from __future__ import annotations
 
 import dataclasses
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from pipeline.glue.artifacts import (
     load_model,
     load_prepared,
     load_split,
+    registered_version,
     stamp_geometry,
 )
 from pipeline.glue.files import atomic_paths, load_params, run_stage, write_csv, write_json
@@ -52,10 +53,11 @@ def main() -> None:
     models = Path(paths.models_dir)
     classifier = load_model(models / "classifier.keras")
     explainer = load_model(models / "estimator.keras", made_by="train_estimator")
-    versions = {name: _registered(Path(paths.metrics_dir) / f"{name}.json")
+    versions = {name: registered_version(paths.metrics_dir, name)
                 for name in ("train_classifier", "train_estimator")}
 
     images, labels = test["images"], test["labels"]
+    _progress(f"classifying and explaining {len(labels)} test stamps")
     probabilities = classifier.predict(images, batch_size=4096, verbose=0)
     predicted = probabilities.argmax(axis=1)
     explained = predict_explained(compile_explainer(explainer),
@@ -70,12 +72,18 @@ def main() -> None:
     figures["classifier"].update(_accuracy_by_group(labels, predicted, test))
     figures["fidelity"] = fidelity.fidelity_report(estimate, exact["maps"], labels,
                                                    exact["target"], class_means)
+    _progress(f"deletion curves of {cfg.faithfulness_n or len(labels)} stamps, "
+              f"{len(METHODS)} methods")
     curves = _deletion(classifier, test, exact, estimate, class_means, cfg, occlusion.fill)
     figures["faithfulness"] = curves.pop("summary")
     if "evidence" in test:
         figures["localisation"] = _localisation(exact["maps"], estimate, test)
+    _progress(f"sanity check: exact maps of {min(cfg.sanity_n, len(labels))} stamps "
+              "under re-randomised weights")
     figures["sanity"] = _sanity(classifier, images[:cfg.sanity_n], exact["maps"][:cfg.sanity_n],
                                 occlusion, cfg.seed)
+    _progress(f"speed: exact engines and the explainer on {min(cfg.speed_n, len(labels))} "
+              "stamps")
     figures["speed"] = _speed(classifier, explainer, images[:cfg.speed_n], occlusion)
     if "doubt" in explained:
         figures["selective"] = _selective(estimate, exact["maps"], explained["doubt"], labels,
@@ -111,13 +119,22 @@ def main() -> None:
 
     with tracking.start_run("evaluate", params={"evaluate": params.get("evaluate", {})},
                             tags={f"{name}_version": str(v.get("version"))
-                                  for name, v in versions.items()}):
+                                  for name, v in versions.items()}) as run:
         import mlflow
 
-        # the selective curves (~250 numbers) go in the JSON and the CSV, not the metrics
-        mlflow.log_metrics(_numbers({**figures, "selective": {
-            key: value for key, value in figures.get("selective", {}).items()
-            if key != "curves"}}))
+        tracking.log_split_inputs(paths.prepared_dir, {"test": test}, data.source)
+        tracking.log_split_inputs(paths.occlusion_dir, {"test": exact, "train": train_exact},
+                                  "exact-maps", features="maps", targets="target")
+        # The headline under the names every stage shares, each linked to the model it
+        # judges (so it shows on that model's page too); the rest is in evaluate.json.
+        models_judged = tracking.judged_models(versions.values())
+        by_model = _headline_metrics(figures)
+        for role, metrics in by_model.items():
+            mlflow.log_metrics(metrics, model_id=models_judged.get(
+                versions[ROLE_STAGES[role]].get("name")))
+        figures["run"] = {"run_id": run.info.run_id,
+                          "experiment_id": run.info.experiment_id}
+        mlflow.log_dict(figures, "evaluate.json")
         for name in names:
             mlflow.log_artifact(str(out / name))
     write_json(Path(paths.metrics_dir) / "evaluate.json", figures)
@@ -170,14 +187,10 @@ def _write_selective(out: Path, report: dict | None) -> None:
     maps for each order) and selective.png, written whole or not at all; without a doubt
     head (``report`` None) the CSV has its header only and the PNG says why."""
     if report is None:
-        import matplotlib.pyplot as plt
-
         with atomic_paths(out / "selective.csv", out / "selective.png") as (csv_path, png):
             write_csv(csv_path, ["share"], [])
-            figure = plt.figure(figsize=(5, 1), dpi=100)
-            figure.text(0.5, 0.5, "no doubt per map: the estimator has no doubt head "
-                        "(estimator.doubt false)", ha="center", va="center", fontsize=9)
-            figure.savefig(png, format="png")
+            plots.message_figure("no doubt per map: the estimator has no doubt head "
+                                 "(estimator.doubt false)").savefig(png, format="png")
         return
     curves = report["curves"]
     policies = list(curves)
@@ -196,14 +209,6 @@ def _write_selective(out: Path, report: dict | None) -> None:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def _registered(metrics_file: Path) -> dict:
-    """The registered model version a training stage recorded in its metrics file."""
-    try:
-        return json.loads(metrics_file.read_text()).get("registered", {})
-    except (OSError, ValueError):
-        return {}
 
 
 def _accuracy_by_group(labels, predicted, test: dict) -> dict:
@@ -347,19 +352,40 @@ def _speed(classifier, explainer, stamps, occlusion: OcclusionParams) -> dict:
             "speedup_over_batched": estimate_rate / exact_rates["batched"]}
 
 
-def _numbers(figures: dict, prefix: str = "") -> dict[str, float]:
-    """Every finite number in a nested dict as {"a.b.c": value}, for MLflow metrics
-    (names keep only characters MLflow accepts)."""
-    out: dict[str, float] = {}
-    for key, value in figures.items():
-        name = f"{prefix}{key}".replace(">=", "ge").replace("<", "lt").replace(":", "_")
-        name = "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in name)
-        if isinstance(value, dict):
-            out.update(_numbers(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and np.isfinite(value):
-            out[name] = float(value)
-    return out
+def _progress(message: str) -> None:
+    """One progress line on stderr (the stage runs for a minute or more)."""
+    print(f"evaluate: {message} ...", file=sys.stderr, flush=True)
+
+
+# which stage's model each group of headline metrics judges
+ROLE_STAGES = {"classifier": "train_classifier", "estimator": "train_estimator"}
+
+
+def _headline_metrics(figures: dict) -> dict[str, dict[str, float]]:
+    """{"classifier": metrics, "estimator": metrics}: the run's few dozen MLflow metrics,
+    under the names the training stages use for the same figures (``tracking``'s
+    headline names) and a few of evaluate's own (deletion, sanity, localisation, speed)."""
+    faithfulness, speed = figures["faithfulness"], figures["speed"]
+    estimator = {**tracking.fidelity_metrics(figures["fidelity"]["headline"]),
+                 **{f"deletion_auc_{method}": faithfulness[f"auc_{method}"]
+                    for method in METHODS},
+                 "deletion_auc_ratio": faithfulness["auc_ratio_estimate_to_exact"],
+                 "sanity_rank_correlation": figures["sanity"].get("rank_correlation_median"),
+                 **{f"{name}": speed[name] for name in (
+                     "speedup", "speedup_over_batched", "exact_maps_per_s",
+                     "batched_maps_per_s", "estimator_maps_per_s",
+                     "doubt_share_of_explainer_time")}}
+    where = figures.get("localisation", {}).get("all", {})
+    estimator |= {f"{key}": where.get(key) for key in (
+        "exact_pointing", "estimate_pointing", "exact_mass", "estimate_mass")}
+    if "selective" in figures:
+        estimator |= tracking.selective_metrics(figures["selective"])
+        estimator["delivered_speedup"] = figures["selective"]["cost"]["delivered_speedup"]
+    classifier = {**tracking.classifier_metrics(figures["classifier"]),
+                  "accuracy_ceiling": figures["classifier"].get("accuracy_ceiling")}
+    return {role: {key: float(value) for key, value in metrics.items()
+                   if value is not None and np.isfinite(value)}
+            for role, metrics in (("classifier", classifier), ("estimator", estimator))}
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import hashlib
 import json
 from pathlib import Path
 
 from pipeline.core.params import PathsParams
 from pipeline.core.promotion import FIDELITY_FIGURES, PROMOTED, PromotionRule, decide
 from pipeline.glue import tracking
-from pipeline.glue.files import load_params, run_stage, write_json
+from pipeline.glue.files import file_sha256, load_params, run_stage, write_json
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ROLES = {"classifier": "train_classifier", "estimator": "train_estimator"}
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         raise ValueError(f"{evaluate_file}: not valid JSON ({err})") from None
     versions, figures = candidate_from(evaluate, str(evaluate_file))
-    test_data = _sha256(Path(paths.prepared_dir) / "test.npz")
+    test_data = file_sha256(Path(paths.prepared_dir) / "test.npz")
 
     tracking.configure()
     import mlflow
@@ -144,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
                             tags={"decision": decision.decision, "forced": str(decision.forced),
                                   **{f"{role}_version": v["version"]
                                      for role, v in versions.items()}}) as run:
-        mlflow.log_metrics({f"candidate_{k}": v for k, v in figures.items() if v is not None})
+        # the candidate's figures under the names evaluate and the training stages use
+        mlflow.log_metrics({("test_accuracy" if k == "accuracy" else k): v
+                            for k, v in figures.items() if v is not None})
         if champion_figures:
             mlflow.log_metrics({f"champion_{k}": v for k, v in champion_figures.items()
                                 if v is not None})
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         if not already:
             _apply(client, versions, decision, run.info.run_id, held, figures, test_data,
                    forced_note=args.note if decision.forced else None)
+            _describe(client, versions, decision, evaluate.get("run", {}))
         result["aliases"] = {v["name"]: {alias: _alias(client, v["name"], alias)
                                          for alias in (CHAMPION, CHALLENGER)}
                              for v in versions.values()}
@@ -187,6 +189,28 @@ def _apply(client, versions, decision, run_id, held, figures, test_data, forced_
         client.set_registered_model_alias(name, alias, version)
 
 
+# Where a model version's description begins the promotion's paragraph: promote replaces
+# it (a rerun), and keeps what the training stage wrote before it.
+DECISION_MARK = "\n\n**Promotion:**"
+
+
+def _describe(client, versions: dict, decision, evaluated: dict) -> None:
+    """Append the decision, its reason and a link to the evaluate run that measured the
+    figures to each version's description (replacing an earlier decision's paragraph)."""
+    link = ""
+    if evaluated.get("run_id"):
+        # a link inside the MLflow UI (its pages live under the URL's fragment)
+        link = (f" Figures: [the evaluate run](#/experiments/{evaluated.get('experiment_id')}"
+                f"/runs/{evaluated['run_id']}).")
+    paragraph = (f"{DECISION_MARK} {decision.decision}"
+                 f"{' (forced)' if decision.forced else ''}: {decision.reason}{link}")
+    for entry in versions.values():
+        name, version = entry["name"], entry["version"]
+        before = client.get_model_version(name, version).description or ""
+        client.update_model_version(name, version,
+                                    before.split(DECISION_MARK)[0] + paragraph)
+
+
 def _alias(client, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -201,16 +225,6 @@ def _number(text: str | None) -> float | None:
         return float(text) if text not in (None, "") else None
     except ValueError:
         return None
-
-
-def _sha256(path: Path) -> str:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the prepare stage first)")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def main() -> None:
                             tags=tags) as run:
         import mlflow
 
+        tracking.log_split_inputs(paths.prepared_dir, splits, data.source)
         if imported is None:
             from pipeline.core.models.training import fit_classifier
 
@@ -83,11 +84,13 @@ def main() -> None:
             synthetic.accuracy_ceiling(data.synthetic_preset, **data.synthetic_overrides)
             if data.source == "synthetic" else None)
 
-        # "best_val_": the restored best epoch, apart from Keras's per-epoch "val_" curves.
-        for split, prefix in (("val", "best_val_"), ("test", "test_")):
-            mlflow.log_metrics({f"{prefix}{key}": value for key, value in
-                                figures[split].items() if isinstance(value, float)})
-        mlflow.log_metrics({"train_seconds": seconds, "parameters": model.count_params()})
+        # The headline under the names every stage shares (step 0: MLflow links those to
+        # the model logged below); "best_val_": the restored best epoch, apart from Keras's
+        # per-epoch "val_" curves. The full figures go in the run's JSON.
+        mlflow.log_metrics({**tracking.classifier_metrics(figures["test"]),
+                            **tracking.classifier_metrics(figures["val"], "best_val_"),
+                            "train_seconds": seconds, "parameters": model.count_params()})
+        mlflow.log_dict(figures, "train_classifier.json")
         _write_plots(out_plots, history, splits["test"]["labels"], test_predicted,
                      figures["test"]["confusion"], arch, geometry.classes)
         summary: list[str] = []
@@ -96,10 +99,18 @@ def main() -> None:
         for png in ("confusion.png", "curves.png"):
             mlflow.log_artifact(str(out_plots / png))
         fault_point("train_classifier:logged")
+        how = (f"{seconds:.0f} s" if imported is None else
+               f"imported {cfg.file_path} ({facts['format']}, sha256 {facts['sha256'][:12]})")
         version = register_keras_model(
             model, "classifier", REGISTERED_NAME, splits["val"]["images"][:4],
-            tags={**tags, "test_accuracy": figures["test"]["accuracy"],
-                  "run_id": run.info.run_id})
+            tags={**tags, "test_accuracy": tracking.rounded(figures["test"]["accuracy"]),
+                  "run_id": run.info.run_id},
+            description=(f"The {arch} classifier ({model.count_params():,} parameters, "
+                         f"channels {list(cfg.channels)}) that the occlusion maps explain: "
+                         f"stamps (N, {', '.join(map(str, geometry.shape))}) -> class "
+                         f"probabilities (N, {len(geometry.classes)}). Test accuracy "
+                         f"{figures['test']['accuracy']:.4f} on {data.source} data; "
+                         + (f"trained in {how}." if imported is None else f"{how}.")))
         fault_point("train_classifier:registered")
         figures["registered"] = {"name": REGISTERED_NAME, "version": int(version.version),
                                  "run_id": run.info.run_id}
@@ -110,8 +121,6 @@ def main() -> None:
     write_json(Path(paths.metrics_dir) / "train_classifier.json", figures)
     fault_point("train_classifier:written")
     mark_complete(version)  # last: until here the version is refused by every consumer
-    how = (f"{seconds:.0f} s" if imported is None else
-           f"imported {cfg.file_path} ({facts['format']}, sha256 {facts['sha256'][:12]})")
     print(f"train_classifier: {arch} test accuracy {figures['test']['accuracy']:.4f} "
           f"(ceiling {figures['accuracy_ceiling']}), {how}, "
           f"registered {REGISTERED_NAME} v{version.version}")

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core import fidelity, plots, selective
-from pipeline.core.params import EstimatorParams, OcclusionParams, PathsParams
+from pipeline.core.params import DataParams, EstimatorParams, OcclusionParams, PathsParams
 from pipeline.glue import tracking
 from pipeline.glue.artifacts import (
     check_maps_explain_predictions,
     load_model,
     load_stamps_and_maps,
+    registered_version,
     stamp_geometry,
 )
 from pipeline.glue.completion import mark_complete
@@ -38,6 +39,7 @@ def main() -> None:
     params = load_params()
     paths = PathsParams.from_dict(params.get("paths", {}))
     cfg = EstimatorParams.from_dict(params.get("estimator", {}))
+    data = DataParams.from_dict(params.get("data", {}))
     occlusion = OcclusionParams.from_dict(params.get("occlusion", {}))
     if occlusion.target != "predicted" or occlusion.reduce != "mean":
         raise ValueError("params.yaml: the estimator learns maps of the predicted class with "
@@ -55,6 +57,7 @@ def main() -> None:
     if cfg.train_limit:
         splits["train"] = {key: value[:cfg.train_limit] for key, value in splits["train"].items()}
     exact_train_maps = len(splits["train"]["maps"])
+    as_read = {name: dict(split) for name, split in splits.items()}  # before the turns
     turns = "off (estimator.quarter_turns false)"
     if cfg.quarter_turns:
         splits["train"], turns = with_quarter_turns(splits["train"], classifier, occlusion)
@@ -74,6 +77,9 @@ def main() -> None:
 
         from pipeline.core.models import estimators
 
+        tracking.log_split_inputs(paths.prepared_dir, as_read, data.source)
+        tracking.log_split_inputs(paths.occlusion_dir, as_read, "exact-maps",
+                                  features="maps", targets="target")
         model, history, seconds = fit_estimator(
             cfg, classifier, splits, callbacks=[tracking.epoch_logger("train_estimator")],
             verbose=1 if sys.stdout.isatty() else 2)
@@ -101,10 +107,11 @@ def main() -> None:
                          "seconds": seconds},
             "test": report,
         }
+        # the headline under the names every stage shares; the full report in the JSON
         mlflow.log_metrics({"train_seconds": seconds, "parameters": model.count_params(),
-                            **{f"test_{key}": float(value)
-                               for key, value in report["headline"].items()
-                               if isinstance(value, (int, float)) and value is not None}})
+                            "epochs_run": figures["training"]["epochs_run"],
+                            "best_val_loss": figures["training"]["best_val_loss"],
+                            **tracking.fidelity_metrics(report["headline"])})
 
         gallery = out_plots / "gallery.png"
         with atomic_paths(gallery) as (temp,):
@@ -117,12 +124,13 @@ def main() -> None:
         doubt_head = None
         if cfg.doubt:
             doubt_head, figures["doubt"] = _doubt(classifier, splits, estimates, cfg)
-            mlflow.log_metrics({f"doubt_{key}": value
-                                for key, value in figures["doubt"]["test"].items()
-                                if isinstance(value, float)})
+            mlflow.log_metrics(tracking.selective_metrics(figures["doubt"]["test"]))
+        mlflow.log_dict(figures, "train_estimator.json")
         explainer = estimators.explainer_with_doubt(classifier, model, cfg.condition,
                                                     doubt_head)
         target = Path(paths.models_dir) / "estimator.keras"
+        classifier_version = registered_version(paths.metrics_dir, "train_classifier").get(
+            "version", "")
         with atomic_paths(target) as (temp,):
             explainer.save(temp)
         fault_point("train_estimator:logged")
@@ -133,9 +141,11 @@ def main() -> None:
                                            "doubt": str(cfg.doubt).lower(),
                                            # the classifier whose exact maps it estimates:
                                            # `occmap explain --exact-share` recomputes with it
-                                           "classifier_version": _classifier_version(paths),
+                                           "classifier_version": str(classifier_version),
                                            **{k: v for k, v in report["headline"].items()
-                                              if k != "goals"}})
+                                              if k != "goals"}},
+                                     description=_description(cfg, figures,
+                                                              classifier_version))
         fault_point("train_estimator:registered")
         figures["registered"] = {"name": REGISTERED_NAME, "version": int(version.version),
                                  "run_id": run.info.run_id}
@@ -161,15 +171,19 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _classifier_version(paths: PathsParams) -> str:
-    """The registered classifier version train_classifier recorded ("" if none)."""
-    import json
-
-    try:
-        recorded = json.loads((Path(paths.metrics_dir) / "train_classifier.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    return str(recorded.get("registered", {}).get("version", ""))
+def _description(cfg: EstimatorParams, figures: dict, classifier_version) -> str:
+    """The registered version's description: what it is and its test-split headline."""
+    head = figures["test"]["headline"]
+    doubt = ("with a doubt per map (Spearman with the map's error "
+             f"{_fmt(figures['doubt']['test']['spearman_doubt_error'])} on the test split)"
+             if "doubt" in figures else "without a doubt per map")
+    return (f"One-pass estimator ({cfg.arch}, condition {cfg.condition}, "
+            f"{figures['training']['parameters']:,} parameters) of the exact occlusion maps "
+            f"of hits-classifier v{classifier_version or '?'}, {doubt}: stamps (N, H, W, C) "
+            f"-> maps (N, H, W), target, base_prob. Test split, non-trivial maps: median r "
+            f"real {_fmt(head['real_median_r'])} / bogus {_fmt(head['bogus_median_r'])}, "
+            f"mean SSIM real {_fmt(head['real_mean_ssim'])} / bogus "
+            f"{_fmt(head['bogus_mean_ssim'])}, MSE skill {_fmt(head['mse_skill_overall'])}.")
 
 
 def _doubt(classifier, splits: dict, estimates: dict, cfg: EstimatorParams):
@@ -195,22 +209,16 @@ def _doubt(classifier, splits: dict, estimates: dict, cfg: EstimatorParams):
     on_test = selective.map_errors(estimates["test"], test["maps"])
     report = selective.selective_report(on_test["r"], on_test["non_trivial"], doubt,
                                         test["labels"], seed=cfg.seed)
-    point = report["operating_point"]["doubt"]["all"]
     figures = {"training": {"maps": len(judged["error"]),
                             "non_trivial": int(judged["non_trivial"].sum()),
                             "parameters": head.count_params(),
                             "epochs_run": len(history["loss"]),
                             "best_val_loss": float(np.min(history["val_loss"])),
                             "seconds": seconds},
-               "test": {"exact_share": report["exact_share"],
-                        "spearman_doubt_error": report["spearman_doubt_error"],
-                        "bad_share_estimate": report["bad_share_estimate"],
-                        "bad_share_delivered": report["bad_share_delivered"],
-                        "bad_estimate": selective.delivered_figures(
-                            on_test["r"], on_test["non_trivial"],
-                            np.zeros(len(doubt), bool))["bad"],
-                        "bad_delivered": point["bad"],
-                        "p0_1_r_delivered": report["p0_1_r_delivered"]}}
+               "test": {key: report[key] for key in (
+                   "exact_share", "spearman_doubt_error", "bad_share_estimate",
+                   "bad_share_delivered", "bad_estimate", "bad_delivered", "p0_1_r_estimate",
+                   "p0_1_r_delivered")}}
     return head, figures
 
 

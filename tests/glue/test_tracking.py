@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +69,51 @@ def test_a_run_is_logged_with_commit_tag_and_params(tmp_path, monkeypatch):
     experiment = client.get_experiment(logged.info.experiment_id)
     assert experiment.name == tracking.EXPERIMENT
     assert experiment.artifact_location == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
+    # the UI opens it as a model-training experiment (runs table), not in its GenAI view
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.slow
+def test_a_moved_project_store_finds_its_artifacts_again(tmp_path, monkeypatch):
+    import shutil
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.mkdir()
+    subprocess.run(["git", "init", "-q", str(before)], check=True)
+    with tracking.start_run("prepare", root=before) as run:
+        mlflow.log_text("hello", "note.txt")
+        artifact_uri = run.info.artifact_uri
+    client = mlflow.MlflowClient(tracking.tracking_uri(before))
+    client.create_registered_model("m")
+    client.create_model_version("m", source=f"{artifact_uri}/note.txt", run_id=run.info.run_id)
+    shutil.move(before, after)
+
+    # experiment 0 (MLflow's Default), ours, the run, the version's source and storage
+    assert tracking.reroot_store(after) == 5
+    assert tracking.reroot_store(after) == 0  # nothing left to move
+    client = mlflow.MlflowClient(tracking.tracking_uri(after))
+    moved = client.get_run(run.info.run_id)
+    assert moved.info.artifact_uri.startswith((after / "mlruns").resolve().as_uri())
+    assert (Path(client.download_artifacts(run.info.run_id, "note.txt")).read_text()
+            == "hello")
+    assert client.get_model_version("m", "1").source.startswith(
+        (after / "mlruns").resolve().as_uri())
+    assert tracking.reroot_store(tmp_path / "no-project") == 0
+
+
+def test_headline_metrics_keep_their_names_and_drop_what_is_not_a_number():
+    headline = {"real_median_r": 0.99, "bogus_median_r": None, "real_mean_ssim": float("nan"),
+                "mse_skill_overall": 0.5, "meets_goals": True}
+    assert tracking.fidelity_metrics(headline) == {"real_median_r": 0.99, "mse_skill": 0.5}
+    assert tracking.classifier_metrics({"accuracy": 0.9, "f1": 0.8, "n": 30}) == {
+        "test_accuracy": 0.9, "test_f1": 0.8}
+    assert tracking.selective_metrics({"spearman_doubt_error": 0.7, "curves": {}}) == {
+        "doubt_spearman": 0.7}
+    assert tracking.rounded(0.9643200000000001) == "0.9643"
+    assert tracking.rounded(3) == "3" and tracking.rounded("x") == "x"
 
 
 def _free_port() -> int:

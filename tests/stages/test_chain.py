@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,6 +11,22 @@ import numpy as np
 import pytest
 
 from conftest import run_stage
+from pipeline.glue import tracking
+
+# the tracking module's budget of metric names per run, restated: a readable runs table
+METRICS_PER_RUN = 60
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _logged_inputs(run) -> dict[str, tuple[str, str]]:
+    """{dataset name: (digest, context)} of a run's dataset inputs."""
+    return {entry.dataset.name: (entry.dataset.digest,
+                                 {tag.key: tag.value for tag in entry.tags}.get(
+                                     "mlflow.data.context"))
+            for entry in run.inputs.dataset_inputs}
 
 
 @pytest.mark.slow
@@ -46,11 +63,30 @@ def test_one_epoch_writes_model_metrics_plots_run_and_version(tiny_chain):
     run = runs[0]
     assert "git_commit" in run.data.tags and run.data.params["classifier.arch"] == "seed"
     assert {"test_accuracy", "test_roc_auc", "best_val_accuracy"} <= set(run.data.metrics)
-    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert len(run.data.metrics) <= METRICS_PER_RUN
+    # the epochs count from step 1: step 0 holds the final figures only
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [point.step for point in history] == [1]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"confusion.png", "curves.png", "model_summary.txt"} <= artifacts
+    assert {"confusion.png", "curves.png", "model_summary.txt",
+            "train_classifier.json"} <= artifacts
+    # each split it read is a dataset input, its digest the split file's sha256
+    prepared = tmp_path / "data" / "prepared"
+    assert _logged_inputs(run) == {
+        f"synthetic/{name}": (_sha256(prepared / f"{name}.npz")[:32], context)
+        for name, context in (("train", "training"), ("val", "validation"), ("test", "test"))}
     version = client.get_model_version("hits-classifier", "1")
     assert version.run_id == run.info.run_id
+    # the tag a reader sees is rounded; the description says what the version is
+    assert version.tags["test_accuracy"] == f"{metrics['test']['accuracy']:.4g}"
+    assert "seed classifier (8,112 parameters" in version.description
+    assert f"Test accuracy {metrics['test']['accuracy']:.4f}" in version.description
+    # the logged model's page shows the final figures, not the first epoch's
+    model_metrics = {m.key: m.value for m in client.get_logged_model(
+        tracking.logged_model_id(version)).metrics}
+    assert model_metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert "val_loss" not in model_metrics and "loss" not in model_metrics
 
     mlflow.set_tracking_uri(venv_env["MLFLOW_TRACKING_URI"])
     served = mlflow.tensorflow.load_model("models:/hits-classifier/1")
@@ -125,8 +161,24 @@ def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
     run = client.get_run(metrics["registered"]["run_id"])
     assert run.info.run_name == "train_estimator" and run.data.params["estimator.epochs"] == "1"
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
-    assert "gallery.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "test_mse_skill_overall" in run.data.metrics
+    assert {"gallery.png", "train_estimator.json"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)}
+    # the headline under the names evaluate uses too
+    headline = report["headline"]
+    for name, key in (("real_median_r", "real_median_r"), ("bogus_mean_ssim", "bogus_mean_ssim"),
+                      ("mse_skill", "mse_skill_overall")):
+        if headline[key] is not None:
+            assert run.data.metrics[name] == pytest.approx(headline[key]), name
+    assert run.data.metrics["exact_share"] == 0.05
+    if doubt["test"]["spearman_doubt_error"] is not None:  # None: too few non-trivial maps
+        assert run.data.metrics["doubt_spearman"] == pytest.approx(
+            doubt["test"]["spearman_doubt_error"])
+    assert len(run.data.metrics) <= METRICS_PER_RUN
+    occlusion = tmp_path / "data" / "occlusion"
+    inputs = _logged_inputs(run)
+    assert inputs["exact-maps/train"] == (_sha256(occlusion / "train.npz")[:32], "training")
+    assert set(inputs) == {f"{kind}/{name}" for kind in ("synthetic", "exact-maps")
+                           for name in ("train", "val", "test")}
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     served = mlflow.pyfunc.load_model("models:/occlusion-estimator/1")
@@ -138,6 +190,12 @@ def test_train_estimator_stage_end_to_end_and_pyfunc_round_trip(tiny_estimator):
     classifier = json.loads((tmp_path / "metrics" / "train_classifier.json").read_text())
     assert version.tags["classifier_version"] == str(classifier["registered"]["version"])
     assert version.tags["doubt"] == "true"
+    assert f"of hits-classifier v{classifier['registered']['version']}, with a doubt" \
+        in version.description
+    # the store's copy of the explainer has its final name, not a temporary one
+    stored = {a.path for a in client.list_logged_model_artifacts(
+        tracking.logged_model_id(version), "artifacts")}
+    assert "artifacts/estimator.keras" in stored, stored
     info = mlflow.models.get_model_info(version.source)
     assert {spec.name: spec.shape for spec in info.signature.outputs.inputs} == {
         "base_prob": (-1,), "doubt": (-1,), "maps": (-1, 21, 21), "target": (-1,)}
@@ -199,8 +257,33 @@ def test_evaluate_stage_end_to_end(tiny_champion):
         [client.get_experiment_by_name("hits-occlusion").experiment_id],
         filter_string="attributes.run_name = 'evaluate'")
     assert len(runs) == 1
-    assert runs[0].data.tags["train_estimator_version"] == "1"
-    assert "speed.speedup" in runs[0].data.metrics
+    run = runs[0]
+    assert run.data.tags["train_estimator_version"] == "1"
+    assert len(run.data.metrics) <= METRICS_PER_RUN
+    # the same figure under the same name as in the training stages' runs
+    logged = run.data.metrics
+    assert logged["test_accuracy"] == pytest.approx(figures["classifier"]["accuracy"])
+    assert logged["speedup"] == pytest.approx(speed["speedup"])
+    assert logged["exact_share"] == chosen["exact_share"]
+    assert logged["delivered_speedup"] == pytest.approx(chosen["cost"]["delivered_speedup"])
+    for name in ("real_median_r", "bogus_median_r", "real_mean_ssim", "bogus_mean_ssim"):
+        if figures["fidelity"]["headline"][name] is not None:
+            assert logged[name] == pytest.approx(figures["fidelity"]["headline"][name]), name
+    assert figures["run"]["run_id"] == run.info.run_id
+    assert "evaluate.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # linked to both models it judged: inputs of the run, its figures on their pages
+    judged = {name: tracking.logged_model_id(client.get_model_version(name, "1"))
+              for name in ("hits-classifier", "occlusion-estimator")}
+    assert {m.model_id for m in client.get_run(run.info.run_id).inputs.model_inputs} == set(
+        judged.values())  # (search_runs leaves the model inputs out)
+    on_estimator = {m.key: m.value for m in client.get_logged_model(
+        judged["occlusion-estimator"]).metrics if m.run_id == run.info.run_id}
+    assert on_estimator["speedup"] == pytest.approx(speed["speedup"])
+    on_classifier = {m.key for m in client.get_logged_model(
+        judged["hits-classifier"]).metrics if m.run_id == run.info.run_id}
+    assert "test_accuracy" in on_classifier and "speedup" not in on_classifier
+    assert set(_logged_inputs(run)) == {"synthetic/test", "exact-maps/test",
+                                        "exact-maps/train"}
 
     # the results page and the README's headline are regenerated from these metrics, not
     # typed (make report)

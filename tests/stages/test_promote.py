@@ -43,12 +43,14 @@ def project(tmp_path, monkeypatch, repo_root):
 
         judged = {}
         for step, name in names.items():
-            version = client.create_model_version(name, source=tmp_path.as_uri())
+            version = client.create_model_version(name, source=tmp_path.as_uri(),
+                                                  description=f"what {name} is")
             judged[step] = {"name": name, "version": int(version.version)}
         headline = {k: v for k, v in figures.items() if k != "accuracy"}
         (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(
             {"judged": judged, "classifier": {"accuracy": figures["accuracy"]},
-             "fidelity": {"headline": headline}}))
+             "fidelity": {"headline": headline},
+             "run": {"run_id": f"evaluate-run-{len(judged)}", "experiment_id": "7"}}))
         stage.main(list(args))
         return json.loads((tmp_path / "metrics" / "promote.json").read_text())
 
@@ -70,6 +72,11 @@ def test_aliases_move_or_stay_in_a_registry(project):
     assert tags["promotion.decision"] == "promoted" and tags["eval.bogus_median_r"] == "0.970000"
     assert tags["paired_classifier_version"] == "1"
     assert client.get_model_version("hits-classifier", "1").tags["eval.accuracy"] == "0.930000"
+    # the description keeps what the version is and gains the decision, with a link to
+    # the evaluate run in the MLflow UI
+    assert client.get_model_version("hits-classifier", "1").description == (
+        "what hits-classifier is\n\n**Promotion:** promoted: "
+        f"{first['reason']} Figures: [the evaluate run](#/experiments/7/runs/evaluate-run-2).")
 
     worse = promote(GOOD | {"bogus_median_r": 0.90})
     assert worse["decision"] == "rejected"
@@ -78,6 +85,8 @@ def test_aliases_move_or_stay_in_a_registry(project):
         assert _aliases(client, name) == {"champion": "1", "challenger": "2"}
     assert "bogus_median_r 0.9000 < the champion's 0.9700" in client.get_model_version(
         "occlusion-estimator", "2").tags["promotion.reason"]
+    rejected = client.get_model_version("occlusion-estimator", "2").description
+    assert rejected.startswith("what occlusion-estimator is\n\n**Promotion:** rejected: ")
 
     within = promote(GOOD | {"real_median_r": 0.985})
     assert within["decision"] == "promoted"
@@ -100,6 +109,9 @@ def test_aliases_move_or_stay_in_a_registry(project):
     tags = client.get_model_version("occlusion-estimator", "2").tags
     assert tags["promotion.forced"] == "true" and tags["promotion.force_note"] == (
         "checked the bogus maps by eye") and tags["promotion.forced_by"]
+    # the forced decision replaces the rejection's paragraph; it does not pile up
+    forced_text = client.get_model_version("occlusion-estimator", "2").description
+    assert forced_text.count("**Promotion:**") == 1 and "promoted (forced)" in forced_text
 
     # re-running the stage on the forced pair leaves it champion
     stage.main([])
@@ -111,6 +123,9 @@ def test_aliases_move_or_stay_in_a_registry(project):
                               filter_string="attributes.run_name = 'promote'")
     assert sorted(r.data.tags["decision"] for r in runs) == [
         "promoted", "promoted", "promoted", "promoted", "rejected"]
+    # the candidate's figures under the names the other stages use
+    assert {"test_accuracy", "bogus_median_r", "champion_bogus_median_r"} <= set(
+        next(r for r in runs if r.data.tags["decision"] == "rejected").data.metrics)
 
 
 def test_stage_refuses_an_evaluate_file_without_versions(project):
