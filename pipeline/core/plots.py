@@ -67,74 +67,146 @@ def channel_titles(stamps: np.ndarray, channels=None) -> list[str]:
     return [SHORT_NAMES.get(name, name) for name in names]
 
 
+# The colour bar's words: a map is the drop of the explained class's probability.
+SIGN_LEGEND = ("red: hiding the patch lowers p(explained class), evidence for it; "
+               "blue: hiding it raises p")
+
+
+def shared_scale(*maps: np.ndarray) -> float:
+    """One symmetric colour scale for a figure: the largest |value| of all ``maps``
+    (each (N, H, W) or (H, W)), at least 1e-6."""
+    return max([1e-6, *(float(np.abs(m).max()) for m in maps if np.size(m))])
+
+
 def map_gallery_figure(stamps: np.ndarray, exact: np.ndarray, estimate: np.ndarray,
-                       captions: list[str], title: str = "", channels=None) -> plt.Figure:
+                       captions: list[str], title: str = "", channels=None,
+                       scale: float | None = None) -> plt.Figure:
     """One row per stamp: its channels (grey, [0, 1]), the exact map, the estimated map
-    (both on one symmetric colour scale per row) and their difference.
+    and their difference, every map of the figure on ONE symmetric colour scale (so a
+    weak map looks weak), with its colour bar and sign legend below; each row's own
+    amplitude (max |exact|) written at its right.
 
     stamps (N, H, W, C) in [0, 1], ``channels`` their C names (None: the default names);
-    exact, estimate (N, H, W) raw maps; captions N strings shown at the row's left.
+    exact, estimate (N, H, W) raw maps in [-1, 1]; captions N strings shown at the row's
+    left; ``scale`` the colour scale's half range (None: ``shared_scale`` of the maps).
     """
     n, count = len(stamps), stamps.shape[-1]
-    fig, axes = plt.subplots(n, count + 3, figsize=(1.5 * (count + 3), 1.6 * n + 0.6),
-                             dpi=100, squeeze=False)
+    scale = shared_scale(exact, estimate) if scale is None else scale
+    fig, axes = plt.subplots(n, count + 3, figsize=(1.5 * (count + 3) + 1.2, 1.6 * n + 1.3),
+                             dpi=100, squeeze=False)  # 1.2 inches for the amplitudes
     headers = [*channel_titles(stamps, channels), "exact map", "estimate", "estimate - exact"]
+    shown = None
     for row in range(n):
-        scale = max(float(np.abs(exact[row]).max()), float(np.abs(estimate[row]).max()), 1e-6)
-        difference = estimate[row] - exact[row]
-        panels = [(stamps[row, ..., c], "gray", 0.0, 1.0) for c in range(stamps.shape[-1])]
-        panels += [(exact[row], "RdBu_r", -scale, scale), (estimate[row], "RdBu_r", -scale, scale),
-                   (difference, "RdBu_r", -scale, scale)]
+        panels = [(stamps[row, ..., c], "gray", 0.0, 1.0) for c in range(count)]
+        panels += [(m, "RdBu_r", -scale, scale)
+                   for m in (exact[row], estimate[row], estimate[row] - exact[row])]
         for col, (image, cmap, low, high) in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(image, cmap=cmap, vmin=low, vmax=high)
+            drawn = ax.imshow(image, cmap=cmap, vmin=low, vmax=high)
+            if col == count:
+                shown = drawn
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(headers[col], fontsize=8)
         axes[row, 0].set_ylabel(captions[row], fontsize=7)
-        axes[row, -1].text(1.05, 0.5, f"±{scale:.3f}", transform=axes[row, -1].transAxes,
-                          fontsize=7, va="center")
+        axes[row, -1].text(1.08, 0.5, f"max |exact|\n{np.abs(exact[row]).max():.3f}",
+                           transform=axes[row, -1].transAxes, fontsize=7, va="center")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    height = 1.6 * n + 1.3  # inches: the colour bar's 0.9 below, the title's 0.35 above
+    fig.tight_layout(rect=(0, 0.9 / height, 1, 1 - (0.35 if title else 0.0) / height))
+    bar_axes = fig.add_axes((0.3, 0.35 / height, 0.4, 0.12 / height))
+    bar = fig.colorbar(shown, cax=bar_axes, orientation="horizontal")
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label(f"drop of p, one scale for the figure (±{scale:.3f}); {SIGN_LEGEND}",
+                  fontsize=7)
     return fig
 
 
+def gallery_caption(index: int, true_class: int, predicted: int, probability: float,
+                    r: float, mark: str = "", kind: str | None = None) -> str:
+    """A gallery row's caption: the row's mark (worst / random), the stamp's index, true
+    and predicted class with the predicted class's probability, its kind when known, r."""
+    fit = "r n/a (flat map)" if np.isnan(r) else f"r={r:.2f}"
+    first = f"{mark} #{index}" if mark else f"#{index}"
+    kind_text = f"{kind}, " if kind else ""
+    return (f"{first}\n{CLASS_NAMES[true_class]} / {CLASS_NAMES[predicted]} "
+            f"({probability:.2f})\n{kind_text}{fit}")
+
+
 def worst_and_random_gallery(stamps: np.ndarray, labels: np.ndarray, exact: np.ndarray,
-                             estimate: np.ndarray, title: str, rows: int = 12,
-                             seed: int = 0, channels=None) -> plt.Figure:
-    """``map_gallery_figure`` of ``rows`` stamps, half real, half bogus: in each class the
-    worst non-trivial maps (lowest Pearson r) and a seeded random few."""
+                             estimate: np.ndarray, title: str, predicted: np.ndarray,
+                             probability: np.ndarray, rows: int = 12, seed: int = 0,
+                             channels=None, kinds: np.ndarray | None = None,
+                             classes: tuple[int, ...] = (1, 0)) -> plt.Figure:
+    """``map_gallery_figure`` of ``rows`` stamps, shared equally by ``classes`` (true
+    class; default real then bogus): in each, the worst non-trivial maps (lowest Pearson
+    r; a quarter of the rows of two classes) marked "worst", then a seeded random few
+    marked "random". Captions "true / predicted (p)", the kind when ``kinds`` (N,) is
+    given, and r. ``predicted`` (N,) the explained class, ``probability`` (N,) its
+    probability."""
+    from pipeline.core import fidelity
+
+    scores = fidelity.pearson_r(estimate, exact)
+    non_trivial = fidelity.amplitude(exact) >= fidelity.NON_TRIVIAL
+    rng = np.random.default_rng(seed)
+    picked: list[tuple[int, str]] = []
+    per_class = rows // len(classes)
+    for label in classes:
+        pool = np.flatnonzero((labels == label) & non_trivial & ~np.isnan(scores))
+        worst = pool[np.argsort(scores[pool])[:max(per_class // 2, 1)]]
+        rest = np.setdiff1d(np.flatnonzero(labels == label), worst)
+        chosen = rng.choice(rest, size=min(per_class - len(worst), len(rest)), replace=False)
+        picked += [(int(i), "worst") for i in worst] + [(int(i), "random") for i in chosen]
+    index = [i for i, _ in picked]
+    captions = [gallery_caption(i, labels[i], predicted[i], probability[i], scores[i], mark,
+                                None if kinds is None else str(kinds[i]))
+                for i, mark in picked]
+    return map_gallery_figure(stamps[index], exact[index], estimate[index], captions, title,
+                              channels)
+
+
+def kinds_gallery(stamps: np.ndarray, labels: np.ndarray, exact: np.ndarray,
+                  estimate: np.ndarray, kinds: np.ndarray, predicted: np.ndarray,
+                  probability: np.ndarray, title: str, per_kind: int = 2, seed: int = 0,
+                  channels=None) -> plt.Figure:
+    """``map_gallery_figure`` with ``per_kind`` seeded random stamps of every kind of stamp
+    in ``kinds`` (N,) str (the twin's: real, trail, cosmic_ray, ccd_defect, ...),
+    non-trivial maps first where a kind has enough of them."""
     from pipeline.core import fidelity
 
     scores = fidelity.pearson_r(estimate, exact)
     non_trivial = fidelity.amplitude(exact) >= fidelity.NON_TRIVIAL
     rng = np.random.default_rng(seed)
     picked: list[int] = []
-    for label in (1, 0):
-        pool = np.flatnonzero((labels == label) & non_trivial & ~np.isnan(scores))
-        worst = pool[np.argsort(scores[pool])[:rows // 4]]
-        rest = np.setdiff1d(np.flatnonzero(labels == label), worst)
-        chosen = rng.choice(rest, size=min(rows // 2 - len(worst), len(rest)), replace=False)
-        picked += [*worst.tolist(), *chosen.tolist()]
-    captions = [f"{CLASS_NAMES[labels[i]]} #{i}\nr={scores[i]:.2f}" for i in picked]
+    for kind in np.unique(kinds):
+        strong = rng.permutation(np.flatnonzero((kinds == kind) & non_trivial))
+        weak = rng.permutation(np.flatnonzero((kinds == kind) & ~non_trivial))
+        picked += np.concatenate([strong, weak])[:per_kind].astype(int).tolist()
+    captions = [gallery_caption(i, labels[i], predicted[i], probability[i], scores[i],
+                                kind=str(kinds[i])) for i in picked]
     return map_gallery_figure(stamps[picked], exact[picked], estimate[picked], captions, title,
                               channels)
 
 
 def deletion_curves_figure(fractions: np.ndarray, curves: dict[str, np.ndarray],
+                           aucs: dict[str, float] | None = None, n: int | None = None,
                            title: str = "Deletion curves (test split)") -> plt.Figure:
     """Mean probability of the explained class against the fraction of pixels removed,
-    one line per map method (a faster fall means a more faithful ranking)."""
+    one line and colour per map method, its mean AUC (``aucs``) in the legend and the
+    number of stamps ``n`` in the title (a faster fall, a lower AUC, means a more
+    faithful ranking)."""
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     for name, curve in curves.items():
-        ax.plot(fractions, curve, label=name)
+        label = name if not aucs or name not in aucs else f"{name} (AUC {aucs[name]:.3f})"
+        ax.plot(fractions, curve, label=label)
     ax.set_xlabel("fraction of pixels removed (most important first)")
     ax.set_ylabel("probability of the explained class")
     ax.set_ylim(0, 1.02)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title(title if n is None else f"{title}, n = {n}", fontsize=10)
+    ax.legend(fontsize=8, title="mean AUC: lower is more faithful" if aucs else None,
+              title_fontsize=7)
     fig.tight_layout()
     return fig
 

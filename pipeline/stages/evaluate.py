@@ -46,7 +46,8 @@ def main() -> None:
     test = load_prepared(paths.prepared_dir, ("test",),
                          optional=("kind", "snr", "evidence"))["test"]
     geometry = stamp_geometry(paths.prepared_dir, "test")
-    exact = load_maps(paths.occlusion_dir, "test", len(test["labels"]), ("maps", "target"))
+    exact = load_maps(paths.occlusion_dir, "test", len(test["labels"]),
+                      ("maps", "target", "base_prob"))
     # the training maps give the class-mean baseline; their count checks they are current
     train_labels = load_split(Path(paths.prepared_dir) / "train.npz", ("labels",))["labels"]
     train_exact = load_maps(paths.occlusion_dir, "train", len(train_labels), ("maps", "target"))
@@ -92,9 +93,10 @@ def main() -> None:
 
     out = Path(paths.plots_dir) / "evaluate"
     names = ["deletion.csv", "fidelity_by_amplitude.csv", "deletion.png", "gallery.png",
-             "confusion.png"]
+             "gallery_real.png", "gallery_bogus.png", "gallery_by_kind.png", "confusion.png"]
     with atomic_paths(*(out / name for name in names)) as (deletion_csv, amplitude_csv,
                                                            deletion_png, gallery_png,
+                                                           real_png, bogus_png, kinds_png,
                                                            confusion_png):
         fractions = np.linspace(0, 1, cfg.deletion_steps + 1)
         write_csv(deletion_csv, ["fraction_removed", *METHODS],
@@ -102,18 +104,21 @@ def main() -> None:
                    for i, f in enumerate(fractions)))
         write_csv(amplitude_csv, ["amplitude", "n", "estimate_r_median",
                                   "class_mean_r_median", "estimate_ssim_mean", "mse_skill"],
-                  ([name, group["n"], _fmt(group["estimate"]["r_median"]),
+                  # numbered, so that a chart sorting them as text keeps their order
+                  ([f"{number}: {name}", group["n"], _fmt(group["estimate"]["r_median"]),
                     _fmt(group["class_mean"]["r_median"]), _fmt(group["estimate"]["ssim_mean"]),
                     _fmt(group["mse_skill"])]
-                   for name, group in figures["fidelity"]["by_amplitude"].items()))
-        plots.deletion_curves_figure(fractions, curves).savefig(deletion_png, format="png")
+                   for number, (name, group) in enumerate(
+                       figures["fidelity"]["by_amplitude"].items(), start=1)))
+        plots.deletion_curves_figure(
+            fractions, curves, {m: figures["faithfulness"][f"auc_{m}"] for m in METHODS},
+            figures["faithfulness"]["n"]).savefig(deletion_png, format="png")
         plots.confusion_matrix_figure(figures["classifier"]["confusion"],
                                       "classifier: test split").savefig(confusion_png,
                                                                         format="png")
-        plots.worst_and_random_gallery(
-            images, labels, exact["maps"], estimate,
-            "test stamps: exact vs estimated maps, worst and random, per class",
-            channels=geometry.channels).savefig(gallery_png, format="png")
+        _galleries(images, labels, exact, estimate, test.get("kind"), geometry.channels,
+                   {"both": gallery_png, "real": real_png, "bogus": bogus_png,
+                    "kinds": kinds_png})
     _write_selective(out, figures.get("selective"))
     names += ["selective.csv", "selective.png"]
 
@@ -146,6 +151,29 @@ def main() -> None:
           f"{figures['speed']['exact_engine']} engine "
           f"({figures['speed']['speedup_over_batched']:.0f}x over the batched one)"
           + _selective_line(figures.get("selective")))
+
+
+def _galleries(images, labels, exact: dict, estimate, kinds, channels, pngs: dict) -> None:
+    """The test split's galleries: worst and random maps of both classes, of each class,
+    and a few of every kind of stamp (a note instead where the data has no kinds)."""
+    common = {"predicted": exact["target"], "probability": exact["base_prob"],
+              "channels": channels}
+    for key, classes, rows, what in (("both", (1, 0), 12, "per class"),
+                                     ("real", (1,), 8, "real stamps"),
+                                     ("bogus", (0,), 8, "bogus stamps")):
+        plots.worst_and_random_gallery(
+            images, labels, exact["maps"], estimate,
+            f"test stamps: exact vs estimated maps, worst and random, {what}",
+            rows=rows, kinds=kinds, classes=classes, **common).savefig(pngs[key],
+                                                                       format="png")
+    if kinds is None:
+        figure = plots.message_figure("no kinds of stamp: the data records none "
+                                      "(the real HiTS set)")
+    else:
+        figure = plots.kinds_gallery(images, labels, exact["maps"], estimate, kinds,
+                                     title="test stamps: two of every kind of stamp",
+                                     **common)
+    figure.savefig(pngs["kinds"], format="png")
 
 
 def _selective(estimate, exact_maps, doubt, labels, cfg: EvaluateParams, speed: dict) -> dict:

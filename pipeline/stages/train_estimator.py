@@ -115,9 +115,11 @@ def main() -> None:
 
         gallery = out_plots / "gallery.png"
         with atomic_paths(gallery) as (temp,):
+            val = splits["val"]
             plots.worst_and_random_gallery(
-                splits["val"]["images"], splits["val"]["labels"], splits["val"]["maps"],
-                estimates["val"], f"{cfg.arch}: val stamps, worst and random, per class",
+                val["images"], val["labels"], val["maps"], estimates["val"],
+                f"{cfg.arch}: val stamps, worst and random, per class",
+                predicted=val["target"], probability=val["base_prob"],
                 channels=geometry.channels).savefig(temp, format="png")
         mlflow.log_artifact(str(gallery))
 

@@ -243,7 +243,12 @@ def test_evaluate_stage_end_to_end(tiny_champion):
     out = tmp_path / "plots" / "evaluate"
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion.png", "deletion.csv", "deletion.png", "fidelity_by_amplitude.csv",
-        "gallery.png", "selective.csv", "selective.png"]
+        "gallery.png", "gallery_bogus.png", "gallery_by_kind.png", "gallery_real.png",
+        "selective.csv", "selective.png"]
+    # the amplitude bins are numbered, so that a chart sorting them as text keeps the order
+    bins = [row.split(",")[0] for row in
+            (out / "fidelity_by_amplitude.csv").read_text().splitlines()[1:]]
+    assert bins == ["1: <0.01", "2: 0.01-0.05", "3: 0.05-0.2", "4: >=0.2"]
     rows = (out / "selective.csv").read_text().splitlines()
     assert rows[0].startswith("share,doubt_median_r,doubt_p1_r,doubt_p0_1_r,doubt_bad_share,")
     assert len(rows) == 1 + len(chosen["curves"]["doubt"])
