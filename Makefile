@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro report test lint ui bench tune clean-venv
+.PHONY: help install repro report plots test lint ui bench tune clean-venv
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ lint: install ## Lint the Python code and the Dockerfile
 
 report: install ## Write docs/results.md and the README's headline from metrics/*.json (after repro)
 	$(BIN)/python -m pipeline.report
+
+plots: install ## Write plots/html/index.html: the DVC plots page, rendering offline (after repro)
+	$(BIN)/python -m pipeline.plots_page
 
 bench: install ## Print the benchmark figures (generator, exact maps, estimator; seed CNN)
 	$(BIN)/python -m pipeline.bench generator

@@ -5,6 +5,7 @@
     occmap explain STAMPS --out MAPS.npz --exact --classifier-file PATH [--channels 3]
                    [--pad 3] [--real-index 1] [--output softmax|sigmoid]
     occmap serve [--model champion|VERSION] [--port 5001] [--max-stamps 1000]
+    occmap store reroot | urls [--port 5000]
 
 Thin glue: stamps are read and checked here, the maps come from the registered
 ``occlusion-estimator`` (one forward pass) or from the exact engine on the registered

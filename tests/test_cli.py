@@ -239,3 +239,46 @@ def test_a_bad_exact_share_is_refused_and_writes_nothing(tmp_path, args, expecte
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stamps.npz"]
+
+
+def test_run_from_outside_the_project_it_uses_the_projects_store(tmp_path, monkeypatch,
+                                                                   repo_root):
+    from pipeline import cli
+    from pipeline.glue import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no project here: not a git repository, no dvc.yaml
+    assert cli.project_folder() == repo_root.resolve()
+    assert cli.default_store() == tracking.default_tracking_uri(repo_root)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_commands(stamps_file):
+    _, _, _, _, env = stamps_file
+    import mlflow
+
+    uri = env["MLFLOW_TRACKING_URI"]
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name("hits-occlusion")
+    result = CliRunner().invoke(main, ["store", "urls", "--port", "5055"],
+                                env={"MLFLOW_TRACKING_URI": uri})
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"runs:   http://127.0.0.1:5055/#/experiments/{experiment.experiment_id}/runs"
+        "?workflowType=machine_learning",
+        "models: http://127.0.0.1:5055/#/models?workflowType=machine_learning"]
+    # a store named by MLFLOW_TRACKING_URI is not the project's to re-root
+    result = CliRunner().invoke(main, ["store", "reroot"], env={"MLFLOW_TRACKING_URI": uri})
+    assert result.exit_code == 1 and "not the project's embedded store" in result.output
+
+
+def test_exact_share_on_a_version_without_a_doubt_head_is_refused():
+    from types import SimpleNamespace
+
+    from pipeline.cli import with_exact_fallback
+
+    estimated = {"maps": np.zeros((3, 21, 21), np.float32), "target": np.zeros(3, np.int32),
+                 "base_prob": np.ones(3, np.float32)}
+    with pytest.raises(ValueError, match=r"s\.npz: models:/occlusion-estimator/4 gives no "
+                                         r"doubt per map"):
+        with_exact_fallback(estimated, SimpleNamespace(version="4"),
+                            np.zeros((3, 21, 21, 4), np.float32), 0.1, None, "s.npz")
