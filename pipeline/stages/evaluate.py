@@ -399,12 +399,12 @@ def _headline_metrics(figures: dict) -> dict[str, dict[str, float]]:
                     for method in METHODS},
                  "deletion_auc_ratio": faithfulness["auc_ratio_estimate_to_exact"],
                  "sanity_rank_correlation": figures["sanity"].get("rank_correlation_median"),
-                 **{f"{name}": speed[name] for name in (
+                 **{name: speed[name] for name in (
                      "speedup", "speedup_over_batched", "exact_maps_per_s",
                      "batched_maps_per_s", "estimator_maps_per_s",
                      "doubt_share_of_explainer_time")}}
     where = figures.get("localisation", {}).get("all", {})
-    estimator |= {f"{key}": where.get(key) for key in (
+    estimator |= {key: where.get(key) for key in (
         "exact_pointing", "estimate_pointing", "exact_mass", "estimate_mass")}
     if "selective" in figures:
         estimator |= tracking.selective_metrics(figures["selective"])
