@@ -142,6 +142,24 @@ def with_exact_fallback(result: dict[str, np.ndarray], version, stamps: np.ndarr
     return result, model_uri(CLASSIFIER_NAME, classifier_version)
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Unless ``verbose``: TensorFlow's C++ log below errors (its oneDNN and CPU feature
+    lines), MLflow's and TensorFlow's Python loggers at errors only, and no Python
+    warnings from them, so that stderr holds occmap's own lines and progress bars. Must
+    run before TensorFlow is imported. Telemetry is off either way."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if verbose:
+        return
+    import logging
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("mlflow", "tensorflow", "absl", "h5py", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("mlflow", "keras", "tensorflow", "absl"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+
+
 def project_folder() -> Path:
     """The project whose store occmap uses by default: the project folder it runs in,
     else (run from elsewhere) the project this package was installed from (an editable
@@ -321,11 +339,13 @@ def main():
               help="Explain stamps with values outside [0, 1] instead of refusing them "
                    "(the models were trained on min-max normalised stamps: such maps are "
                    "extrapolations).")
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow's and MLflow's own log lines and warnings too.")
 def explain(stamps: Path, out: Path, exact: bool, exact_share: float | None,
             max_doubt: float | None, model: str, png_dir: Path | None,
             png_limit: int, batch_size: int, tracking_uri: str | None,
             classifier_file: Path | None, channels: tuple[int, ...], pad: int, crop: int,
-            real_index: int, output_kind: str, allow_out_of_range: bool):
+            real_index: int, output_kind: str, allow_out_of_range: bool, verbose: bool):
     """Compute the occlusion map of every stamp in STAMPS.
 
     STAMPS is an .npz with an array 'images' (N, H, W, C) in [0, 1], the shape the model
@@ -337,8 +357,7 @@ def explain(stamps: Path, out: Path, exact: bool, exact_share: float | None,
     is exact; 'doubt' (N,) for estimated maps (how wrong each may be, ~1 - r against the
     exact map); 'method' and 'model_uri' (with a fallback also 'exact_model_uri').
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    quiet_libraries(verbose)
     try:
         arrays = read_stamps(stamps, allow_out_of_range)
     except ValueError as err:
@@ -426,16 +445,17 @@ def explain(stamps: Path, out: Path, exact: bool, exact_share: float | None,
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
               help="MLflow tracking/registry URI [default: the project's store; env: "
                    "MLFLOW_TRACKING_URI].")
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow's and MLflow's own log lines and warnings too.")
 def serve(model: str, host: str, port: int, max_stamps: int, max_request_mb: float,
-          tracking_uri: str | None):
+          tracking_uri: str | None, verbose: bool):
     """Serve the registered estimator over REST, with bounded requests.
 
     POST /invocations with {"inputs": stamps} (MLflow's protocol; optional "params":
     {"allow_out_of_range": true}) returns {"predictions": maps}. Only the version's Keras
     file is read from the store. Errors give the reason, never the request's data.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    quiet_libraries(verbose)
     import uvicorn
     from mlflow.exceptions import MlflowException
 

@@ -282,3 +282,22 @@ def test_exact_share_on_a_version_without_a_doubt_head_is_refused():
                                          r"doubt per map"):
         with_exact_fallback(estimated, SimpleNamespace(version="4"),
                             np.zeros((3, 21, 21, 4), np.float32), 0.1, None, "s.npz")
+
+
+@pytest.mark.slow
+def test_stderr_holds_only_occmaps_own_lines_unless_verbose(stamps_file, tmp_path):
+    path, _, _, _, env = stamps_file
+    command = [str(VENV_BIN / "occmap"), "explain", str(path), "--out", str(tmp_path / "m.npz")]
+    child_env = {key: value for key, value in env.items()
+                 if key != "TF_CPP_MIN_LOG_LEVEL"}  # not set by the caller: occmap's choice
+    quiet = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    lines = [line.strip() for line in quiet.stderr.replace("\r", "\n").splitlines()
+             if line.strip()]
+    # the progress bar only: no TensorFlow start-up lines, no MLflow warnings
+    assert lines and all(line.startswith("estimated maps") for line in lines), lines
+    loud = subprocess.run([*command, "--verbose"], env=child_env, capture_output=True,
+                          text=True, timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    # TensorFlow's own start-up line, which the quiet run hid
+    assert "cpu_feature_guard" in loud.stderr and "cpu_feature_guard" not in quiet.stderr
