@@ -5,6 +5,7 @@
     occmap explain STAMPS --out MAPS.npz --exact --classifier-file PATH [--channels 3]
                    [--pad 3] [--real-index 1] [--output softmax|sigmoid]
     occmap serve [--model champion|VERSION] [--port 5001] [--max-stamps 1000]
+    occmap report STAMPS --out DIR [--model champion|VERSION] [--exact] [--limit 500]
     occmap store reroot | urls [--port 5000]
 
 Thin glue: stamps are read and checked here, the maps come from the registered
@@ -36,7 +37,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 
 def read_stamps(path: Path, allow_out_of_range: bool = False) -> dict[str, np.ndarray]:
     """{"images": (N, H, W, C) float32, finite, in [0, 1] unless ``allow_out_of_range``
-    [, "labels": (N,)]} from an ``.npz`` with ``images`` (never unpickled) or a HiTS
+    [, "labels": (N,)][, "kind": (N,) str]} from an ``.npz`` with ``images`` (never
+    unpickled) or a HiTS
     pickle (through the restricted unpickler); ``ValueError`` naming ``path`` and the
     problem otherwise. The shape is checked against the model's when the model is
     loaded."""
@@ -51,8 +53,9 @@ def read_stamps(path: Path, allow_out_of_range: bool = False) -> dict[str, np.nd
                 if "images" not in npz.files:
                     raise ValueError(f"{path}: no array 'images' in the .npz; found {npz.files}")
                 arrays = {"images": npz["images"]}
-                if "labels" in npz.files:
-                    arrays["labels"] = npz["labels"]
+                for optional in ("labels", "kind"):  # kind: the twin's kind of stamp
+                    if optional in npz.files:
+                        arrays[optional] = npz[optional]
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
             raise ValueError(f"{path}: unreadable .npz, truncated or corrupt ({err})") from None
         except ValueError as err:  # object arrays refused by allow_pickle=False
@@ -281,6 +284,44 @@ def write_panels(directory: Path, stamps: np.ndarray, maps: np.ndarray, captions
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def write_report(out: Path, images: np.ndarray, result: dict, labels, kinds, r,
+                 title: str, note: str) -> Path:
+    """The explanation browser in ``out``: ``index.html`` and, per stamp, ``img/NNNNNN.png``
+    (its channels beside its map) and a small ``img/NNNNNN_thumb.png``. Built in a
+    temporary folder beside ``out`` and swapped in whole (``out`` replaced), so a failure
+    leaves ``out`` as it was. ``result``: {"maps" (N, H, W), "target", "base_prob"[,
+    "doubt"]}; ``labels``, ``kinds``, ``r`` (N,) or None."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.core import browser
+    from pipeline.core.geometry import CLASS_NAMES
+    from pipeline.core.plots import stamp_panel_figure
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (temp / "img").mkdir()
+        names = []
+        for index in range(len(images)):
+            caption = (f"#{index}: predicted {CLASS_NAMES[int(result['target'][index])]}, "
+                       f"p = {result['base_prob'][index]:.3f}")
+            figure = stamp_panel_figure(images[index], result["maps"][index], caption)
+            panel, thumb = f"img/{index:06d}.png", f"img/{index:06d}_thumb.png"
+            figure.savefig(temp / panel, format="png", dpi=100)
+            figure.savefig(temp / thumb, format="png", dpi=30)
+            plt.close(figure)
+            names.append((thumb, panel))
+        rows = browser.rows_for(result["target"], result["base_prob"], labels, kinds, r,
+                                result.get("doubt"), names)
+        (temp / "index.html").write_text(browser.page_html(rows, title, note))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(temp, out)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return out / "index.html"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pipeline", prog_name="occmap")
 def main():
@@ -476,6 +517,74 @@ def serve(model: str, host: str, port: int, max_stamps: int, max_request_mb: flo
     click.echo(f"occmap serve: {source} ({pinned}) on http://{host}:{port}, at most "
                f"{max_stamps} stamps / {max_request_mb:g} MiB per request")
     uvicorn.run(app, host=host, port=port, log_level="warning", workers=1)
+
+
+@main.command()
+@click.argument("stamps", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the page (index.html and img/; replaced).")
+@click.option("--model", default="champion", show_default=True, metavar="ALIAS|VERSION",
+              help=f"Which registered version of {ESTIMATOR_NAME}.")
+@click.option("--limit", default=500, show_default=True, type=click.IntRange(min=1),
+              help="At most this many stamps, the first of the file.")
+@click.option("--exact", "with_exact", is_flag=True,
+              help="Also compute each stamp's exact map (441 classifications per stamp) with "
+                   "the classifier the estimator was trained for, for the column 'r vs "
+                   "exact' (the estimate's fidelity).")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Stamps per estimator call.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+              help="MLflow tracking/registry URI [default: the project's store; env: "
+                   "MLFLOW_TRACKING_URI].")
+@click.option("--allow-out-of-range", is_flag=True,
+              help="Explain stamps with values outside [0, 1] instead of refusing them.")
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow's and MLflow's own log lines and warnings too.")
+def report(stamps: Path, out: Path, model: str, limit: int, with_exact: bool,
+           batch_size: int, tracking_uri: str | None, allow_out_of_range: bool,
+           verbose: bool):
+    """Write a static HTML explanation browser of the stamps in STAMPS.
+
+    One row per stamp: its channels and estimated map, true class (when STAMPS has
+    'labels'), predicted class and its probability p, kind (when it has 'kind'), doubt,
+    and with --exact the estimate's r against the exact map. Sort by any column, filter by
+    class, kind, p and r, click a row for its big panel. The page fetches nothing: open
+    DIR/index.html in any browser, offline too.
+    """
+    quiet_libraries(verbose)
+    try:
+        arrays = read_stamps(stamps, allow_out_of_range)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    images = arrays["images"][:limit]
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core.fidelity import pearson_r
+
+    uri = tracking_uri or default_store()
+    open_registry(uri)
+    source = model_uri(ESTIMATOR_NAME, model)
+    try:
+        result, version = estimated_maps(model, images, batch_size, str(stamps),
+                                         allow_out_of_range)
+        r = None
+        if with_exact:
+            # every row recomputed: the fallback's path, with the estimator's classifier
+            exact, _ = with_exact_fallback(dict(result), version, images, 1.0, None,
+                                           str(stamps))
+            r = pearson_r(result["maps"], exact["maps"])
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    except MlflowException as err:
+        raise cannot_load(source, uri, err) from None
+    pinned = f"models:/{ESTIMATOR_NAME}/{version.version}"
+    labels = arrays["labels"][:limit] if "labels" in arrays else None
+    kinds = arrays["kind"][:limit] if "kind" in arrays else None
+    page = write_report(out, images, result, labels, kinds, r,
+                        f"occmap report: {stamps.name}",
+                        f"{len(images)} stamps of {stamps}, maps estimated by {source} "
+                        f"({pinned}).")
+    click.echo(f"occmap report: {len(images)} stamps -> {page} (open it in any browser)")
 
 
 @main.group()

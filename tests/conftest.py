@@ -37,7 +37,7 @@ def venv_env(tmp_path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def browser() -> str:
+def browser_path() -> str:
     """The headless browser the page tests load pages in: Debian's ``chromium``. Missing,
     the tests that need it are skipped, except where ``REQUIRE_BROWSER`` is set (CI:
     ``.ci/run`` installs it first), where they fail."""
@@ -51,18 +51,19 @@ def browser() -> str:
 
 
 def load_page(browser: str, page: Path, screenshot: Path | None = None,
-              budget_ms: int = 8000) -> str:
-    """The DOM of ``page`` after ``budget_ms`` of virtual time in headless ``browser``,
-    with every network host unresolvable (so only what lies beside the page can load);
-    with ``screenshot``, a 1300x1800 PNG of it is written there too."""
+              budget_ms: int = 8000, fragment: str = "") -> str:
+    """The DOM of ``page`` (with the URL ``fragment`` after ``#``) after ``budget_ms`` of
+    virtual time in headless ``browser``, with every network host unresolvable (so only
+    what lies beside the page can load); with ``screenshot``, a 1300x1800 PNG of it is
+    written there too."""
+    url = page.resolve().as_uri() + (f"#{fragment}" if fragment else "")
     common = [browser, "--headless", "--no-sandbox", "--disable-gpu",
               "--host-resolver-rules=MAP * ~NOTFOUND", f"--virtual-time-budget={budget_ms}"]
     if screenshot is not None:
-        subprocess.run([*common, "--window-size=1300,1800", f"--screenshot={screenshot}",
-                        page.resolve().as_uri()], capture_output=True, timeout=120,
-                       check=True)
-    return subprocess.run([*common, "--dump-dom", page.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=120, check=True).stdout
+        subprocess.run([*common, "--window-size=1300,1800", f"--screenshot={screenshot}", url],
+                       capture_output=True, timeout=120, check=True)
+    return subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
+                          timeout=120, check=True).stdout
 
 
 @pytest.fixture(scope="session")

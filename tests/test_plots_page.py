@@ -25,7 +25,8 @@ VEGA_PLOTS = 6  # loss, accuracy, confusion, deletion, fidelity by amplitude, se
 
 
 @pytest.mark.slow
-def test_the_plots_page_draws_every_chart_with_the_network_cut(tmp_path, repo_root, browser):
+def test_the_plots_page_draws_every_chart_with_the_network_cut(tmp_path, repo_root,
+                                                                browser_path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +60,7 @@ def test_the_plots_page_draws_every_chart_with_the_network_cut(tmp_path, repo_ro
     assert "http://" not in html.split("<body>")[0] and "https://cdn" not in html
     assert (page.parent / "vega-bundle.js").stat().st_size > 500_000
 
-    dom = load_page(browser, page, screenshot=tmp_path / "page.png")
+    dom = load_page(browser_path, page, screenshot=tmp_path / "page.png")
     # each Vega chart drew its marks; each PNG is on the page, one entry per plot
     assert dom.count('class="marks"') == VEGA_PLOTS
     assert dom.count("<img") == 10
