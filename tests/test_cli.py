@@ -210,7 +210,10 @@ def test_exact_fallback_replaces_exactly_the_rows_of_highest_doubt(stamps_file, 
     part = out["share 0.3"]
     np.testing.assert_array_equal(part["exact"], chosen)
     assert str(part["method"]) == "estimate+exact"
-    np.testing.assert_array_equal(part["maps"][chosen], exact["maps"][chosen])
+    # the engine on 3 stamps, not 7: the same maps up to float rounding (TensorFlow's CPU
+    # kernels sum in an order that depends on the batch), far below any estimate's error
+    np.testing.assert_allclose(part["maps"][chosen], exact["maps"][chosen], atol=1e-6, rtol=0)
+    assert np.abs(part["maps"][~chosen] - exact["maps"][~chosen]).max() > 1e-4
     np.testing.assert_array_equal(part["maps"][~chosen], estimate["maps"][~chosen])
     np.testing.assert_array_equal(part["doubt"], estimate["doubt"])
     # a maximum doubt: the maps above it, here those above the median doubt
@@ -219,8 +222,8 @@ def test_exact_fallback_replaces_exactly_the_rows_of_highest_doubt(stamps_file, 
     assert result.exit_code == 0, result.output
     above = _arrays(tmp_path / "cut.npz")
     np.testing.assert_array_equal(above["exact"], estimate["doubt"] > cut)
-    np.testing.assert_array_equal(above["maps"][above["exact"]],
-                                  exact["maps"][above["exact"]])
+    np.testing.assert_allclose(above["maps"][above["exact"]], exact["maps"][above["exact"]],
+                               atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("args, expected", [
