@@ -12,7 +12,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro report plots test lint ui bench tune clean-venv
+.PHONY: help install repro report plots test lint ui bench tune services services-stop \
+	clean-venv
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +62,19 @@ ui: install ## MLflow UI on 127.0.0.1 (port UI_PORT, default 5000) over the proj
 		--port $(UI_PORT) --workers 1 \
 		--backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+# A team's services on this machine (pipeline/services.py): PostgreSQL from the OS packages
+# (installed through apt when missing), data kept in SERVICES_DIR between starts.
+SERVICES_DIR ?= services
+APT_INSTALL := sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq
+services: install ## Start PostgreSQL + an MLflow server on it (127.0.0.1); prints MLFLOW_TRACKING_URI=, OPTUNA_STORAGE=
+	@$(BIN)/python -c 'from pipeline.services import postgres_bin; postgres_bin()' \
+		2>/dev/null || { $(APT_INSTALL) postgresql >&2; }
+	@$(BIN)/python -m pipeline.services start --dir $(SERVICES_DIR)
+
+services-stop: install ## Stop the services by their PIDs (the data stays for the next start)
+	@$(BIN)/python -m pipeline.services stop --dir $(SERVICES_DIR)
 
 clean-venv: ## Remove the virtual environment
 	rm -rf $(VENV)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import h5py
@@ -50,6 +56,39 @@ def browser_path() -> str:
     return found
 
 
+def services_folder() -> Path:
+    """A new folder for ``pipeline.services`` that the OS user ``postgres`` can reach (a
+    pytest tmp_path lies under a folder closed to others); skips, or fails where
+    ``REQUIRE_SERVICES`` is set (CI: ``.ci/run`` installs PostgreSQL first), when the OS's
+    PostgreSQL server is not installed."""
+    from pipeline.services import postgres_bin
+
+    try:
+        postgres_bin()
+    except RuntimeError as missing:
+        if os.environ.get("REQUIRE_SERVICES"):
+            pytest.fail(str(missing))
+        pytest.skip(str(missing))
+    folder = Path(tempfile.mkdtemp(prefix="occmap-services-"))
+    folder.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def services():
+    """A real PostgreSQL and a real MLflow tracking server on it, started by
+    ``pipeline.services`` (what ``make services`` runs) on 127.0.0.1 for the session, and
+    stopped by their PIDs after it."""
+    from pipeline import services as team_services
+
+    folder = services_folder()
+    try:
+        yield team_services.start(folder)
+    finally:
+        team_services.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def load_page(browser: str, page: Path, screenshot: Path | None = None,
               budget_ms: int = 8000, fragment: str = "") -> str:
     """The DOM of ``page`` (with the URL ``fragment`` after ``#``) after ``budget_ms`` of
@@ -89,6 +128,57 @@ def _restore_mlflow_uri_variable():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post_json(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def started_server(command, cwd, env, url, log_path):
+    """Start ``command`` (a server answering ``url``/ping) in its own process group and
+    wait for it; returns the process."""
+    log = open(log_path, "w+")  # noqa: SIM115 (closed by stopped_server)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # the workers stop with it
+    process.log = log
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"{command[:3]} exited with {process.returncode}:\n{log.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return process
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stopped_server(process)
+            pytest.fail(f"{command[:3]} did not answer /ping within 180 s")
+        time.sleep(1)
+
+
+def stopped_server(process) -> None:
+    """Stop a server started by ``started_server`` by its PID (its whole process group)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    process.log.close()
 
 
 def copy_repo(repo_root: Path, destination: Path) -> None:

@@ -6,70 +6,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
-from conftest import VENV_BIN
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-def _started(command, cwd, env, url, log_path):
-    """Start ``command`` (a server answering ``url``/ping) in its own process group and
-    wait for it; returns the process."""
-    log = open(log_path, "w+")  # noqa: SIM115 (closed by _stopped)
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # the workers stop with it
-    process.log = log
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"{command[:3]} exited with {process.returncode}:\n{log.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
-                if answer.status == 200:
-                    return process
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            _stopped(process)
-            pytest.fail(f"{command[:3]} did not answer /ping within 180 s")
-        time.sleep(1)
-
-
-def _stopped(process) -> None:
-    """Stop a server started by ``_started`` by its PID (its whole process group)."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    process.log.close()
+from conftest import VENV_BIN, free_port, post_json, started_server, stopped_server
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +23,16 @@ def server(tiny_champion):
     """Base URL of `mlflow models serve -m models:/occlusion-estimator@champion` (MLflow's
     generic server: it loads the model from code, with no pickle)."""
     tmp_path, env = tiny_champion
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = _started([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
+    process = started_server([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
                         "models:/occlusion-estimator@champion", "--env-manager", "local",
                         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                        tmp_path, env, url, tmp_path / f"serve-{port}.log")
     try:
         yield url
     finally:
-        _stopped(process)
+        stopped_server(process)
 
 
 # `occmap serve` in the tests: small bounds, so that crossing them is cheap
@@ -97,15 +43,15 @@ MAX_STAMPS, MAX_MB = 8, 0.5
 def bounded(tiny_champion):
     """Base URL of `occmap serve` on the champion, at most 8 stamps / 0.5 MiB a request."""
     tmp_path, env = tiny_champion
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = _started([str(VENV_BIN / "occmap"), "serve", "--port", str(port),
+    process = started_server([str(VENV_BIN / "occmap"), "serve", "--port", str(port),
                         "--max-stamps", str(MAX_STAMPS), "--max-request-mb", str(MAX_MB)],
                        tmp_path, env, url, tmp_path / f"occmap-serve-{port}.log")
     try:
         yield url
     finally:
-        _stopped(process)
+        stopped_server(process)
 
 
 def _in_process(project, stamps) -> dict[str, np.ndarray]:
@@ -143,7 +89,7 @@ def stamps_and_maps(tiny_champion):
 @pytest.mark.slow
 def test_served_champion_answers_with_the_in_process_maps(server, stamps_and_maps):
     stamps, expected = stamps_and_maps
-    status, answer = _post(f"{server}/invocations",
+    status, answer = post_json(f"{server}/invocations",
                            json.dumps({"inputs": stamps.tolist()}).encode())
     assert status == 200, answer
     _assert_answer_is(answer, expected)
@@ -155,7 +101,7 @@ def test_mlflow_server_refuses_bad_stamps_with_a_4xx(server, stamps_and_maps):
     for body, expected in (({"inputs": (stamps * 255.0).tolist()}, "outside [0, 1]"),
                            ({"inputs": np.where(np.arange(4) == 1, math.nan, stamps).tolist()},
                             "NaN")):
-        status, answer = _post(f"{server}/invocations", json.dumps(body).encode())
+        status, answer = post_json(f"{server}/invocations", json.dumps(body).encode())
         assert 400 <= status < 500 and expected in answer.get("message", ""), answer
 
 
@@ -163,7 +109,7 @@ def test_mlflow_server_refuses_bad_stamps_with_a_4xx(server, stamps_and_maps):
 def test_occmap_serve_answers_with_the_in_process_maps(bounded, stamps_and_maps):
     stamps, expected = stamps_and_maps
     for key in ("inputs", "instances"):
-        status, answer = _post(f"{bounded}/invocations",
+        status, answer = post_json(f"{bounded}/invocations",
                                json.dumps({key: stamps.tolist()}).encode())
         assert status == 200, answer
         _assert_answer_is(answer, expected)
@@ -189,7 +135,7 @@ def test_occmap_serve_refuses_malformed_requests_without_echoing_them(bounded, s
     stamps, _ = stamps_and_maps
     payload = body(stamps)
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    status, answer = _post(f"{bounded}/invocations", raw)
+    status, answer = post_json(f"{bounded}/invocations", raw)
     assert status == 400, (case, status, answer)
     message = answer["message"]
     assert expected in message, (case, message)
@@ -201,11 +147,12 @@ def test_occmap_serve_refuses_malformed_requests_without_echoing_them(bounded, s
 def test_occmap_serve_answers_413_beyond_its_bounds(bounded, stamps_and_maps):
     stamps, _ = stamps_and_maps
     many = np.concatenate([stamps, stamps])[:MAX_STAMPS + 1]
-    status, answer = _post(f"{bounded}/invocations", json.dumps({"inputs": many.tolist()}).encode())
+    status, answer = post_json(f"{bounded}/invocations",
+                               json.dumps({"inputs": many.tolist()}).encode())
     assert status == 413 and f"at most {MAX_STAMPS}" in answer["message"], answer
     # a body over the byte limit (valid JSON, padded): read and dropped, then 413
     padded = json.dumps({"inputs": stamps[:1].tolist()}) + " " * int(MAX_MB * 2**20)
-    status, answer = _post(f"{bounded}/invocations", padded.encode())
+    status, answer = post_json(f"{bounded}/invocations", padded.encode())
     assert status == 413 and "larger than" in answer["message"], answer
     # a declared 1 GiB body is answered before any of it is sent
     host, port = bounded.removeprefix("http://").split(":")
@@ -216,7 +163,8 @@ def test_occmap_serve_answers_413_beyond_its_bounds(bounded, stamps_and_maps):
         head = connection.recv(4096).decode()
     assert head.startswith("HTTP/1.1 413"), head
     # and the server still answers normally afterwards
-    status, _ = _post(f"{bounded}/invocations", json.dumps({"inputs": stamps.tolist()}).encode())
+    status, _ = post_json(f"{bounded}/invocations",
+                          json.dumps({"inputs": stamps.tolist()}).encode())
     assert status == 200
 
 
@@ -228,10 +176,10 @@ def test_out_of_range_stamps_pass_when_the_request_allows_them(bounded, server, 
     expected = _in_process(tiny_champion[0], scaled)
     for url in (bounded, server):
         body = {"inputs": scaled.tolist(), "params": {"allow_out_of_range": True}}
-        status, answer = _post(f"{url}/invocations", json.dumps(body).encode())
+        status, answer = post_json(f"{url}/invocations", json.dumps(body).encode())
         assert status == 200, answer
         _assert_answer_is(answer, expected)
-        refused, _ = _post(f"{url}/invocations",
+        refused, _ = post_json(f"{url}/invocations",
                            json.dumps({"inputs": scaled.tolist()}).encode())
         assert 400 <= refused < 500
 
@@ -276,7 +224,7 @@ def test_bench_serving_reports_the_servers_memory_per_request(tiny_champion):
     store, env = tiny_champion
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.bench", "serving", "--requests", "3", "--stamps", "5",
-         "--port", str(_free_port())], cwd=store, env=env, capture_output=True, text=True,
+         "--port", str(free_port())], cwd=store, env=env, capture_output=True, text=True,
         timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])

@@ -367,5 +367,11 @@ class TuneParams(Section):
     journal: str = "tuning/optuna-journal.log"
     seed: int = 42
     workers: int = param(1, at_least=1)
+    # database storages (e.g. PostgreSQL, several machines): a worker's trials beat every
+    # heartbeat_interval s; one silent for grace_period s is failed and retried max_retry
+    # times (the journal on one machine tells a killed worker by its PID instead)
+    heartbeat_interval: int = param(10, at_least=1)
+    grace_period: int = param(60, at_least=1)
+    max_retry: int = param(1, at_least=0)
     classifier: TuneTarget = TuneTarget("classifier")
     estimator: TuneTarget = TuneTarget("estimator")

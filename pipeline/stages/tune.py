@@ -59,11 +59,12 @@ STORAGE_ENV = "OPTUNA_STORAGE"
 
 def storage_for(cfg: TuneParams):
     """``OPTUNA_STORAGE``, else ``tune.storage``, else a JournalStorage on ``tune.journal``
-    (its folder made first)."""
+    (its folder made first); a database storage with the ``tune`` section's heartbeat."""
     url = os.environ.get(STORAGE_ENV) or cfg.storage
     if not url:
         Path(cfg.journal).parent.mkdir(parents=True, exist_ok=True)
-    return search.open_storage(url, cfg.journal)
+    return search.open_storage(url, cfg.journal, cfg.heartbeat_interval, cfg.grace_period,
+                               cfg.max_retry)
 
 
 def objective_for(target: str, params: dict, spec: TuneTarget, splits: dict, classifier,
@@ -107,7 +108,9 @@ def load_data(target: str, paths: PathsParams, spec: TuneTarget):
 
 def work(target: str, n_trials: int, worker_index: int, parent_run_id: str) -> None:
     """One worker: load the data once, then run trials until the study has ``n_trials``
-    finished or running ones."""
+    finished ones. When the rest are running in other workers it waits, failing (and so
+    queueing again) those whose worker is gone, so a killed worker's trial is run again
+    by a live one."""
     params = load_params()
     paths = PathsParams.from_dict(params.get("paths", {}))
     cfg = TuneParams.from_dict(params.get("tune", {}))
@@ -122,7 +125,16 @@ def work(target: str, n_trials: int, worker_index: int, parent_run_id: str) -> N
 
     mine: list = []
     failures = 0
-    while search.remaining(study.get_trials(deepcopy=False), n_trials) > 0:
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        if search.finished(trials) >= n_trials:
+            return
+        if search.remaining(trials, n_trials) == 0:
+            time.sleep(min(cfg.heartbeat_interval, 5))
+            failed = search.fail_stale_trials(study)
+            if failed:
+                print(f"tune: trials {failed} of a gone worker failed and queued again")
+            continue
         study.optimize(objective, n_trials=1, catch=(Exception,),
                        callbacks=[lambda _study, trial: mine.append(trial)])
         if mine and mine[-1].state == TrialState.FAIL:
@@ -148,13 +160,14 @@ def coordinate(target: str, workers: int, n_trials: int | None) -> None:
         ClassifierParams if target == "classifier" else EstimatorParams)}
     space = search.parse_space(spec.space, target)
     storage = storage_for(cfg)
-    tracking.recover(tracking.configure())
+    experiment_id = tracking.configure()
+    tracking.recover(experiment_id)
     import mlflow
 
     from pipeline.glue.processes import owner
 
     study = search.open_study(target, spec, cfg, storage)
-    recovered = search.recover_killed_trials(study)
+    recovered = search.fail_stale_trials(study)
     if recovered:
         print(f"tune: trials {recovered} of a killed worker marked failed and queued again")
     if spec.enqueue_defaults and not study.trials:
@@ -185,11 +198,18 @@ def coordinate(target: str, workers: int, n_trials: int | None) -> None:
             work(target, n_trials, 0, parent.info.run_id)
         finally:
             codes = [process.wait() for process in others]
-        if any(codes):
-            raise RuntimeError(f"tune: a worker process failed (exit codes {codes})")
         seconds = time.perf_counter() - started
-        summary = summarise(target, spec, search.open_study(target, spec, cfg, storage),
-                            fields, seconds, workers)
+        study = search.open_study(target, spec, cfg, storage)
+        if any(codes):
+            tracking.recover(experiment_id)  # a killed worker's trial run: FAILED, not RUNNING
+            done = search.finished(study.get_trials(deepcopy=False))
+            if done < n_trials:
+                raise RuntimeError(f"tune: a worker process failed (exit codes {codes}) and "
+                                   f"the study has {done} of {n_trials} finished trials")
+            # a killed worker's trial was run again by the others: the study is whole
+            print(f"tune: a worker process ended abnormally (exit codes {codes}); the "
+                  f"study still reached {done} finished trials", file=sys.stderr)
+        summary = summarise(target, spec, study, fields, seconds, workers)
         mlflow.log_metrics({k: v for k, v in summary["figures"].items()
                             if isinstance(v, (int, float))})
         if target == "estimator":

@@ -178,3 +178,81 @@ def test_a_trial_the_pruner_stops_is_recorded_as_pruned(tune_project, monkeypatc
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert child.data.tags["optuna_state"] == "PRUNED" and child.info.status == "KILLED"
     assert 0.0 <= trial.intermediate_values[0] <= 1.0  # the reported val_accuracy
+
+
+@pytest.mark.slow
+def test_a_killed_worker_trial_is_retried_once_on_postgresql(tune_project, services, tmp_path):
+    """Two workers on one PostgreSQL study; the second is killed (SIGKILL) in the middle
+    of a trial. Its trial is failed by heartbeat and run again once by the live worker:
+    the study reaches n_trials finished trials, none lost, none counted twice, and no
+    MLflow run is left RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    source, env = tune_project
+    project = tmp_path / "project"
+    for name in ("data", "models"):
+        shutil.copytree(source / name, project / name)
+    params = yaml.safe_load((source / "params.yaml").read_text())
+    params["tune"].update(heartbeat_interval=1, grace_period=4, max_retry=1)
+    # trials long enough to be killed in (20 epochs, no early stop, no pruning)
+    params["tune"]["classifier"].update(study="killed-worker", n_trials=4, epochs=20,
+                                        pruner_startup_trials=10)
+    params["classifier"]["patience"] = 20
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dict(env, OPTUNA_STORAGE=services.optuna_storage,
+               MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlruns.db'}")
+    log = open(tmp_path / "tune.log", "w+")  # noqa: SIM115 (closed below)
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.stages.tune", "classifier", "--workers", "2"],
+        cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    storage = search.open_storage(services.optuna_storage, "")
+    victim = None
+    deadline = time.monotonic() + 300
+    try:
+        while victim is None and time.monotonic() < deadline and coordinator.poll() is None:
+            time.sleep(0.2)
+            try:
+                study = optuna.load_study(study_name="killed-worker", storage=storage)
+            except KeyError:  # not created yet
+                continue
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                pid = int(str(trial.user_attrs.get(search.WORKER_ATTR, ":0")).rsplit(":")[1])
+                if pid not in (0, coordinator.pid):
+                    victim = trial.number
+                    os.kill(pid, signal.SIGKILL)
+                    break
+        assert victim is not None, "the second worker never ran a trial"
+        coordinator.wait(timeout=600)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert coordinator.returncode == 0, output[-4000:]
+    assert "a worker process ended abnormally" in output
+
+    trials = optuna.load_study(study_name="killed-worker", storage=storage).get_trials()
+    by_state = {state: [t.number for t in trials if t.state == state] for state in TrialState}
+    finished = [t for t in trials if t.state in search.FINISHED]
+    assert len(finished) == 4
+    assert by_state[TrialState.FAIL] == [victim] and not by_state[TrialState.RUNNING]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim]
+    assert len(retries) == 1 and retries[0].state in search.FINISHED
+    assert retries[0].params == trials[victim].params
+    best = yaml.safe_load((project / "tuning" / "best_classifier.yaml").read_text())
+    assert best["trials"]["complete"] + best["trials"]["pruned"] == 4
+    assert best["trials"]["fail"] == 1
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("hits-occlusion").experiment_id
+    statuses = [run.info.status for run in client.search_runs([experiment])]
+    # the parent and the 4 finished trials; the killed trial's run (when it got as far as
+    # starting one) is FAILED, not RUNNING
+    assert statuses.count("FINISHED") == 5 and "RUNNING" not in statuses
+    assert statuses.count("FAILED") <= 1

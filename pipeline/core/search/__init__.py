@@ -17,7 +17,10 @@ from pipeline.core.search.studies import (
     WORKER_ATTR,
     builder_defaults,
     defaults_in_space,
+    fail_stale_trials,
     fastest_meeting_floor,
+    finished,
+    has_heartbeat,
     mark_worker,
     open_storage,
     open_study,
@@ -28,7 +31,8 @@ from pipeline.core.search.studies import (
 
 __all__ = [
     "FINISHED", "WORKER_ATTR", "Dimension", "apply", "builder_defaults", "classifier_objective",
-    "defaults_in_space", "estimator_objective", "fastest_meeting_floor", "maps_per_s",
+    "defaults_in_space", "estimator_objective", "fail_stale_trials", "fastest_meeting_floor",
+    "finished", "has_heartbeat", "maps_per_s",
     "mark_worker", "open_storage", "open_study", "overrides", "pareto_front", "parse_space",
     "recover_killed_trials", "remaining", "suggest",
 ]

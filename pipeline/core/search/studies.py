@@ -25,17 +25,56 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trial user attribute "<host>:<pid>" of the process running it; a later start on the same
 # host tells a killed worker's RUNNING trial from a live one by that PID.
 WORKER_ATTR = "worker"
+# storage URLs that name a database (SQLAlchemy dialects Optuna's RDBStorage takes)
+DATABASE_SCHEMES = ("postgresql", "sqlite", "mysql")
 
 
-def open_storage(url: str | None, journal: str):
-    """``url`` when given (any Optuna storage URL), else a JournalStorage on the file
-    ``journal`` (file locks make it safe for several processes on one machine; the file's
-    folder must exist)."""
+def open_storage(url: str | None, journal: str, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None, max_retry: int = 1):
+    """The study storage: for a database ``url`` (``postgresql...``, ``sqlite...``,
+    ``mysql...``) an ``RDBStorage`` whose running trials beat every ``heartbeat_interval``
+    seconds, a trial silent for ``grace_period`` seconds being failed and queued again up
+    to ``max_retry`` times (``RetryHeartbeatStaleTrialCallback``), with connections
+    checked before use (a restarted database server does not break a worker); any other
+    ``url`` as given; with none a JournalStorage on the file ``journal`` (file locks make
+    it safe for several processes on one machine; its folder must exist)."""
+    if url and url.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+        with warnings.catch_warnings():  # heartbeat: experimental in Optuna 5, and needed
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry if heartbeat_interval else None,
+                engine_kwargs={"pool_pre_ping": True})
     if url:
         return url
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+
+
+def has_heartbeat(study: optuna.Study) -> bool:
+    """Whether ``study``'s storage fails silent trials by heartbeat (else a killed worker's
+    trials are found by ``recover_killed_trials``)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled  # Optuna's own test
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the trials of workers that are gone and queue their parameters again: by
+    heartbeat where the storage has one (Optuna's own retry callback queues them), else by
+    the PID of a worker on this host. Returns the numbers of the trials failed."""
+    if not has_heartbeat(study):
+        return recover_killed_trials(study)
+    running = {t.number for t in study.get_trials(deepcopy=False,
+                                                  states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return sorted(t.number for t in study.get_trials(deepcopy=False,
+                                                     states=(TrialState.FAIL,))
+                  if t.number in running)
 
 
 def open_study(target: str, spec: TuneTarget, cfg: TuneParams, storage,
@@ -89,6 +128,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def finished(trials: list[FrozenTrial]) -> int:
+    """How many of ``trials`` finished (complete or pruned): what ``n_trials`` counts."""
+    return sum(t.state in FINISHED for t in trials)
 
 
 def remaining(trials: list[FrozenTrial], n_trials: int) -> int:
