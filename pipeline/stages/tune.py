@@ -10,11 +10,16 @@ of the explainer on a fixed batch; the pick is the fastest trial above
 
 Studies live in Optuna's JournalStorage at ``tune.journal`` (several processes on one
 machine share it safely), or at any storage URL from ``OPTUNA_STORAGE`` or
-``tune.storage``. ``--workers N`` starts N-1 more worker processes on the same study; a
-study resumes where it stopped, and trials of a killed worker are marked failed and their
-parameters queued again. Each trial is an MLflow run nested under one parent run per study.
+``tune.storage`` (a database, e.g. PostgreSQL for workers on several machines: created
+once here before the workers start). ``--workers N`` starts N-1 more worker processes on
+the same study; a study resumes where it stopped. A killed worker's trial is failed and its
+parameters queued again once: found by its PID on a journal, by its heartbeat going silent
+(``tune.heartbeat_interval``, ``tune.grace_period``) on a database. Each trial is an MLflow
+run nested under one parent run per study.
 Writes ``tuning/best_<target>.yaml`` (the best parameters as a params section and as a
-``dvc exp run`` command) and, for the estimator, ``tuning/estimator_pareto.png``.
+``dvc exp run`` command), ``tuning/studies/<target>.log`` (the whole study, copied into a
+journal: a DVC output, pushed and pulled with the data; a stage whose working storage
+lacks the study resumes from it) and, for the estimator, ``tuning/estimator_pareto.png``.
 
 The studies, spaces and objectives are ``pipeline.core.search``; this module is their
 glue: params, storage location, worker processes, MLflow runs and the summary files.
@@ -53,6 +58,9 @@ from pipeline.glue.files import atomic_paths, load_params, run_stage
 
 TARGETS = ("classifier", "estimator")
 OUT_DIR = Path("tuning")
+# each study's snapshot, a journal DVC caches and pushes: a teammate or a new clone pulls
+# the studies with the data (dashboard, resuming); without it, the stage runs anew
+STUDIES_DIR = OUT_DIR / "studies"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 STORAGE_ENV = "OPTUNA_STORAGE"
 
@@ -166,6 +174,10 @@ def coordinate(target: str, workers: int, n_trials: int | None) -> None:
 
     from pipeline.glue.processes import owner
 
+    snapshot = STUDIES_DIR / f"{target}.log"
+    if snapshot.is_file() and search.copy_study_between(
+            spec.study, search.open_storage(None, str(snapshot)), storage):
+        print(f"tune: study {spec.study!r} resumed from its snapshot {snapshot}")
     study = search.open_study(target, spec, cfg, storage)
     recovered = search.fail_stale_trials(study)
     if recovered:
@@ -210,6 +222,7 @@ def coordinate(target: str, workers: int, n_trials: int | None) -> None:
             print(f"tune: a worker process ended abnormally (exit codes {codes}); the "
                   f"study still reached {done} finished trials", file=sys.stderr)
         summary = summarise(target, spec, study, fields, seconds, workers)
+        write_snapshot(spec.study, storage, snapshot)
         mlflow.log_metrics({k: v for k, v in summary["figures"].items()
                             if isinstance(v, (int, float))})
         if target == "estimator":
@@ -265,6 +278,13 @@ def summarise(target: str, spec: TuneTarget, study, fields, seconds: float,
                         f"python -m pipeline.stages.tune {target}.\n# Train with it: {command}\n"
                         + yaml.safe_dump(best_file, sort_keys=False))
     return {"figures": figures, "headline": headline}
+
+
+def write_snapshot(study_name: str, storage, path: Path) -> None:
+    """The study as it stands, copied into a new journal at ``path`` (replaced whole)."""
+    with atomic_paths(path) as (temp,):
+        temp.unlink()  # the journal starts from an empty file of its own making
+        search.copy_study_between(study_name, storage, search.open_storage(None, str(temp)))
 
 
 def _pareto_png(trials, spec: TuneTarget, chosen) -> None:

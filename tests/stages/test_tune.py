@@ -31,11 +31,17 @@ def test_the_stage_storage_is_the_env_url_else_the_config_else_the_journal(tmp_p
     from pipeline.stages.tune import STORAGE_ENV, storage_for
 
     journal = tmp_path / "deep" / "journal.log"
-    cfg = TuneParams.from_dict({"journal": str(journal), "storage": "sqlite:///cfg.db"})
-    monkeypatch.setenv(STORAGE_ENV, "sqlite:///env.db")
-    assert storage_for(cfg) == "sqlite:///env.db"
+    in_config, in_env = f"sqlite:///{tmp_path / 'cfg.db'}", f"sqlite:///{tmp_path / 'env.db'}"
+    cfg = TuneParams.from_dict({"journal": str(journal), "storage": in_config,
+                                "heartbeat_interval": 3, "grace_period": 7})
+    monkeypatch.setenv(STORAGE_ENV, in_env)
+    # a database: Optuna's RDBStorage with the section's heartbeat and one retry
+    storage = storage_for(cfg)
+    assert isinstance(storage, optuna.storages.RDBStorage) and storage.url == in_env
+    assert (storage.heartbeat_interval, storage.grace_period) == (3, 7)
+    assert storage.get_heartbeat_stale_trial_callback()._max_retry == 1
     monkeypatch.delenv(STORAGE_ENV)
-    assert storage_for(cfg) == "sqlite:///cfg.db"
+    assert storage_for(cfg).url == in_config
     cfg = TuneParams.from_dict({"journal": str(journal)})
     assert isinstance(storage_for(cfg), optuna.storages.JournalStorage)
     assert journal.parent.is_dir()
@@ -106,10 +112,19 @@ def test_classifier_study_on_tiny_data_writes_the_best_params(tune_project):
     parent, children = _nested_runs(env, "classifier")
     assert len(children) == 3 and parent.data.params["n_trials"] == "3"
     assert {c.data.tags["optuna_trial"] for c in children} == {"0", "1", "2"}
-    # run again asking for one more trial: the study resumes under the same parent run
-    run_stage("tune", project, env, "classifier", "--n-trials", "4", "--workers", "1")
-    assert len([t for t in _study(project / "tuning" / "optuna-journal.log").get_trials()
-                if t.state in search.FINISHED]) == 4
+    # the whole study is copied into its snapshot, the stage's DVC output
+    snapshot = _study(project / "tuning" / "studies" / "classifier.log").get_trials()
+    assert [(t.number, t.state, t.value, t.params) for t in snapshot] == \
+        [(t.number, t.state, t.value, t.params) for t in study.get_trials()]
+    # a clone that pulled the snapshot but has no working journal, asking for one more
+    # trial: the study resumes from the snapshot, under the same parent run
+    (project / "tuning" / "optuna-journal.log").unlink()
+    result = run_stage("tune", project, env, "classifier", "--n-trials", "4", "--workers", "1")
+    assert "resumed from its snapshot" in result.stdout
+    resumed = _study(project / "tuning" / "optuna-journal.log").get_trials()
+    assert len([t for t in resumed if t.state in search.FINISHED]) == 4
+    assert [t.params for t in resumed[:3]] == [t.params for t in snapshot]
+    assert len(_study(project / "tuning" / "studies" / "classifier.log").get_trials()) == 4
     again, children = _nested_runs(env, "classifier")
     assert again.info.run_id == parent.info.run_id and len(children) == 4
 

@@ -16,6 +16,7 @@ from pipeline.core.search.studies import (
     FINISHED,
     WORKER_ATTR,
     builder_defaults,
+    copy_study_between,
     defaults_in_space,
     fail_stale_trials,
     fastest_meeting_floor,
@@ -31,6 +32,7 @@ from pipeline.core.search.studies import (
 
 __all__ = [
     "FINISHED", "WORKER_ATTR", "Dimension", "apply", "builder_defaults", "classifier_objective",
+    "copy_study_between",
     "defaults_in_space", "estimator_objective", "fail_stale_trials", "fastest_meeting_floor",
     "finished", "has_heartbeat", "maps_per_s",
     "mark_worker", "open_storage", "open_study", "overrides", "pareto_front", "parse_space",

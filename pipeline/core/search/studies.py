@@ -53,6 +53,19 @@ def open_storage(url: str | None, journal: str, heartbeat_interval: int | None =
     return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
 
 
+def copy_study_between(study_name: str, from_storage, to_storage) -> bool:
+    """Copy the study ``study_name`` (trials, attributes, directions) from ``from_storage``
+    to ``to_storage`` when the first holds it and the second does not; returns whether it
+    copied. A study's snapshot in a journal travels with the data (DVC); copied back into
+    an empty storage, the search resumes from it."""
+    if study_name not in optuna.get_all_study_names(from_storage) or \
+            study_name in optuna.get_all_study_names(to_storage):
+        return False
+    optuna.copy_study(from_study_name=study_name, from_storage=from_storage,
+                      to_storage=to_storage)
+    return True
+
+
 def has_heartbeat(study: optuna.Study) -> bool:
     """Whether ``study``'s storage fails silent trials by heartbeat (else a killed worker's
     trials are found by ``recover_killed_trials``)."""
