@@ -14,6 +14,9 @@ Targets:
               the same kind of net scored on real data (the study's seed net, Deep-HiTS)
   serving     the REST server's memory under repeated largest requests (``occmap serve``,
               or ``mlflow models serve`` for comparison) on the project's champion
+  services    load and faults on PostgreSQL + the MLflow tracking server (its own, in a
+              temporary folder): concurrent clients, a database restart while a run
+              logs, Optuna workers' connections (pipeline/bench_services.py)
 """
 
 from __future__ import annotations
@@ -657,9 +660,24 @@ def main(argv: list[str] | None = None) -> None:
                      help="stamps per request (default 1000, occmap serve's limit)")
     srv.add_argument("--port", type=int, default=5077)
     srv.add_argument("--model", default="champion", help="alias or version (default champion)")
+    svc = sub.add_parser("services", help="load and faults on PostgreSQL + the MLflow server")
+    svc.add_argument("--clients", type=int, default=4,
+                     help="concurrent clients and Optuna workers (default 4)")
+    svc.add_argument("--metrics", type=int, default=200, help="metrics per client (default 200)")
+    svc.add_argument("--queries", type=int, default=20,
+                     help="registry queries per client (default 20)")
+    svc.add_argument("--outage", type=float, default=5.0,
+                     help="seconds PostgreSQL stays down in the restart test (default 5)")
     args = parser.parse_args(argv)
 
-    if args.target == "serving":
+    if args.target == "services":
+        from pipeline.bench_services import bench_services, print_services
+
+        if args.clients < 1 or args.metrics < 1 or args.queries < 0 or args.outage <= 0:
+            parser.error("--clients and --metrics must be >= 1, --queries >= 0, --outage > 0")
+        figures = bench_services(args.clients, args.metrics, args.queries, args.outage)
+        print_services(figures)
+    elif args.target == "serving":
         if args.requests < 1 or args.stamps < 1:
             parser.error("--requests and --stamps must be >= 1")
         figures = bench_serving(args.server, args.requests, args.stamps, args.port, args.model)

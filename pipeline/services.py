@@ -123,6 +123,10 @@ def start(folder: Path = DEFAULT_FOLDER) -> Services:
     postgres_port = _start_postgres(folder, state.get("postgres_port"))
     _create_databases(postgres_port)
     running = _running_server(folder)
+    if running and state.get("postgres_port") != postgres_port:
+        # PostgreSQL came back on another port: the server's store URL names the old one
+        stop_server(folder)
+        running = None
     mlflow_port = running if running else free_port(state.get("mlflow_port"))
     services = Services(folder, postgres_port, mlflow_port)
     _write_json(folder / "state.json", {"postgres_port": postgres_port,
@@ -136,26 +140,36 @@ def stop(folder: Path = DEFAULT_FOLDER) -> list[str]:
     """Stop the tracking server, then PostgreSQL, each by its PID; the data stays. Returns
     what was stopped."""
     folder = Path(folder).resolve()
-    stopped = []
+    return [name for name in (stop_server(folder), stop_postgres(folder)) if name]
+
+
+def stop_server(folder: Path) -> str | None:
+    """Stop ``folder``'s tracking server by its PID (its whole session); what was stopped."""
     server = _read_json(folder / "mlflow.json")
+    stopped = None
     if server and _alive(server):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server["pid"], signal.SIGTERM)  # its own session: the workers too
         if not _wait(lambda: not _alive(server), STOP_TIMEOUT_S):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server["pid"], signal.SIGKILL)
-        stopped.append(f"mlflow server (pid {server['pid']})")
+        stopped = f"mlflow server (pid {server['pid']})"
     (folder / "mlflow.json").unlink(missing_ok=True)
-    postmaster = _postmaster_pid(folder)
-    if postmaster is not None:
-        # SIGINT is PostgreSQL's "fast" shutdown: sessions ended, data flushed, no recovery
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(postmaster, signal.SIGINT)
-        if not _wait(lambda: start_time(postmaster) is None, STOP_TIMEOUT_S):
-            raise RuntimeError(f"{folder / 'postgres'}: PostgreSQL (pid {postmaster}) did not "
-                               f"stop within {STOP_TIMEOUT_S} s")
-        stopped.append(f"postgresql (pid {postmaster})")
     return stopped
+
+
+def stop_postgres(folder: Path) -> str | None:
+    """Stop ``folder``'s PostgreSQL by the PID in its postmaster.pid; what was stopped."""
+    postmaster = _postmaster_pid(folder)
+    if postmaster is None:
+        return None
+    # SIGINT is PostgreSQL's "fast" shutdown: sessions ended, data flushed, no recovery
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(postmaster, signal.SIGINT)
+    if not _wait(lambda: start_time(postmaster) is None, STOP_TIMEOUT_S):
+        raise RuntimeError(f"{folder / 'postgres'}: PostgreSQL (pid {postmaster}) did not "
+                           f"stop within {STOP_TIMEOUT_S} s")
+    return f"postgresql (pid {postmaster})"
 
 
 def status(folder: Path = DEFAULT_FOLDER) -> dict[str, bool]:
