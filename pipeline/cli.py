@@ -284,13 +284,14 @@ def write_panels(directory: Path, stamps: np.ndarray, maps: np.ndarray, captions
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def write_report(out: Path, images: np.ndarray, result: dict, labels, kinds, r,
+def write_report(out: Path, images: np.ndarray, result: dict, labels, kinds, r, amplitude,
                  title: str, note: str) -> Path:
     """The explanation browser in ``out``: ``index.html`` and, per stamp, ``img/NNNNNN.png``
     (its channels beside its map) and a small ``img/NNNNNN_thumb.png``. Built in a
     temporary folder beside ``out`` and swapped in whole (``out`` replaced), so a failure
     leaves ``out`` as it was. ``result``: {"maps" (N, H, W), "target", "base_prob"[,
-    "doubt"]}; ``labels``, ``kinds``, ``r`` (N,) or None."""
+    "doubt"]}; ``labels``, ``kinds``, ``r``, ``amplitude`` (the exact maps' max |drop|)
+    (N,) or None."""
     import matplotlib.pyplot as plt
 
     from pipeline.core import browser
@@ -312,7 +313,7 @@ def write_report(out: Path, images: np.ndarray, result: dict, labels, kinds, r,
             plt.close(figure)
             names.append((thumb, panel))
         rows = browser.rows_for(result["target"], result["base_prob"], labels, kinds, r,
-                                result.get("doubt"), names)
+                                result.get("doubt"), names, amplitude)
         (temp / "index.html").write_text(browser.page_html(rows, title, note))
         if out.exists():
             shutil.rmtree(out)
@@ -567,12 +568,13 @@ def report(stamps: Path, out: Path, model: str, limit: int, with_exact: bool,
     try:
         result, version = estimated_maps(model, images, batch_size, str(stamps),
                                          allow_out_of_range)
-        r = None
+        r = amplitude = None
         if with_exact:
             # every row recomputed: the fallback's path, with the estimator's classifier
             exact, _ = with_exact_fallback(dict(result), version, images, 1.0, None,
                                            str(stamps))
             r = pearson_r(result["maps"], exact["maps"])
+            amplitude = np.abs(exact["maps"]).max(axis=(1, 2))
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     except MlflowException as err:
@@ -580,7 +582,7 @@ def report(stamps: Path, out: Path, model: str, limit: int, with_exact: bool,
     pinned = f"models:/{ESTIMATOR_NAME}/{version.version}"
     labels = arrays["labels"][:limit] if "labels" in arrays else None
     kinds = arrays["kind"][:limit] if "kind" in arrays else None
-    page = write_report(out, images, result, labels, kinds, r,
+    page = write_report(out, images, result, labels, kinds, r, amplitude,
                         f"occmap report: {stamps.name}",
                         f"{len(images)} stamps of {stamps}, maps estimated by {source} "
                         f"({pinned}).")

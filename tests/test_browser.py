@@ -23,9 +23,15 @@ def test_rows_carry_the_classes_probability_kind_fidelity_and_doubt():
                             kinds=np.array(["real", "trail"]), r=np.array([0.5, np.nan]),
                             doubt=np.array([0.01, 0.2]), images=[("a", "A"), ("b", "B")])
     assert rows[1] == {"index": 1, "true": "real", "predicted": "bogus", "p": 0.61,
-                       "kind": "trail", "r": None, "doubt": 0.2, "thumb": "b", "panel": "B"}
+                       "kind": "trail", "r": None, "amplitude": None, "trivial": False,
+                       "doubt": 0.2, "thumb": "b", "panel": "B"}
     bare = browser.rows_for(np.array([1]), np.array([0.7]))[0]
     assert bare["true"] is None and bare["kind"] is None and bare["r"] is None
+    # a map whose exact amplitude is below the evaluation's 0.05 is trivial: its r is noise
+    judged = browser.rows_for(np.array([1, 1]), np.array([0.9, 0.9]), r=np.array([0.2, 0.2]),
+                              amplitude=np.array([0.049, 0.05]))
+    assert [(row["amplitude"], row["trivial"]) for row in judged] == [(0.049, True),
+                                                                      (0.05, False)]
 
 
 def test_the_page_filters_sorts_and_opens_a_panel_in_a_browser(tmp_path, browser_path):
@@ -51,6 +57,17 @@ def test_the_page_filters_sorts_and_opens_a_panel_in_a_browser(tmp_path, browser
     dom = load_page(browser_path, page, fragment="show=2")
     assert 'id="panel" class="open"' in dom
     assert "#2: true bogus, predicted bogus (p 0.8), cosmic_ray, r 0.97" in dom
+    # with amplitudes: a trivial map's r is bracketed and "r below" skips it
+    rows = browser.rows_for(labels, p, labels=labels, kinds=kinds,
+                            r=np.array([0.99, 0.5, 0.97, 0.8, 0.9, 0.3]),
+                            amplitude=np.array([0.3, 0.2, 0.1, 0.4, 0.2, 0.01]))
+    page.write_text(browser.page_html(rows, "amplitudes", ""))
+    dom = load_page(browser_path, page, fragment="rmax=0.9&sort=r")
+    assert _rows(dom) == ["1", "3"]
+    dom = load_page(browser_path, page, fragment="sort=r")
+    assert re.search(r'<td class="muted" title="trivial map[^"]*">\(0\.3\)</td><td>0\.01</td>',
+                     dom)
+    assert "(0.97)" not in dom and "<td>0.97</td>" in dom
 
 
 @pytest.mark.slow
@@ -78,4 +95,7 @@ def test_occmap_report_end_to_end(tiny_champion, tmp_path, browser_path):
     dom = load_page(browser_path, out / "index.html", fragment=f"kind={kind}")
     assert _rows(dom) == [str(i) for i in range(8) if kinds[i] == kind]
     # every row's r against the exact map is on the page (the --exact column)
-    assert re.search(r"<td>-?[01]\.\d+</td><td>\d\.\d+</td><td><img", dom)
+    # and its exact amplitude; r bracketed on a trivial map
+    cells = (r'<td(?: class="muted" title="[^"]*")?>\(?-?[01](?:\.\d+)?\)?</td>'
+             r"<td>\d(?:\.\d+)?</td><td>\d(?:\.\d+)?(?:e-\d+)?</td><td><img")
+    assert len(re.findall(cells, dom)) == 8

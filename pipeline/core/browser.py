@@ -14,24 +14,29 @@ import json
 
 import numpy as np
 
+from pipeline.core.fidelity import NON_TRIVIAL
 from pipeline.core.geometry import CLASS_NAMES
 
 # The columns of the table: (key in a row, header, how the cell reads).
 COLUMNS = (("index", "#", "int"), ("true", "true class", "text"),
            ("predicted", "predicted", "text"), ("p", "p", "num"), ("kind", "kind", "text"),
-           ("r", "r vs exact", "num"), ("doubt", "doubt", "num"))
+           ("r", "r vs exact", "num"), ("amplitude", "max |exact|", "num"),
+           ("doubt", "doubt", "num"))
 
 
 def rows_for(target: np.ndarray, base_prob: np.ndarray, labels: np.ndarray | None = None,
              kinds: np.ndarray | None = None, r: np.ndarray | None = None,
              doubt: np.ndarray | None = None, images: list[tuple[str, str]] | None = None,
-             ) -> list[dict]:
+             amplitude: np.ndarray | None = None, ) -> list[dict]:
     """One dict per stamp: ``index``, ``true`` (class name, None without ``labels``),
     ``predicted`` (name of ``target``, the explained class), ``p`` (``base_prob``, its
     probability in [0, 1]), ``kind`` (None without ``kinds``), ``r`` (Pearson r of the
     estimate against the exact map, None without ``r`` or where NaN: a flat map),
-    ``doubt`` (None without it), ``thumb`` and ``panel`` (image file names, from
-    ``images`` (N,) pairs). Arrays are (N,)."""
+    ``amplitude`` (the exact map's max |drop|, >= 0, None without it), ``trivial`` (True
+    when that amplitude is below ``fidelity.NON_TRIVIAL``: the exact map is near zero and
+    its r is noise, so the evaluation judges no such map), ``doubt`` (None without it),
+    ``thumb`` and ``panel`` (image file names, from ``images`` (N,) pairs). Arrays are
+    (N,)."""
     n = len(target)
 
     def number(values, i):
@@ -49,6 +54,8 @@ def rows_for(target: np.ndarray, base_prob: np.ndarray, labels: np.ndarray | Non
             "p": number(base_prob, i),
             "kind": None if kinds is None else str(kinds[i]),
             "r": number(r, i),
+            "amplitude": number(amplitude, i),
+            "trivial": amplitude is not None and float(amplitude[i]) < NON_TRIVIAL,
             "doubt": number(doubt, i),
             "thumb": None if images is None else images[i][0],
             "panel": None if images is None else images[i][1],
@@ -68,7 +75,8 @@ def page_html(rows: list[dict], title: str, note: str = "") -> str:
                            for k in kinds)
     class_options = "".join(f'<option value="{name}">{name}</option>' for name in CLASS_NAMES)
     return PAGE.format(title=html.escape(title), note=html.escape(note), headers=headers,
-                       kind_options=kind_options, class_options=class_options, data=data)
+                       kind_options=kind_options, class_options=class_options, data=data,
+                       non_trivial=NON_TRIVIAL)
 
 
 PAGE = """<!DOCTYPE html>
@@ -98,7 +106,9 @@ PAGE = """<!DOCTYPE html>
 <body>
 <h1>{title}</h1>
 <p class="muted">{note} Red: hiding the patch lowers the probability of the predicted class
-(evidence for it); blue: hiding it raises it. Click a header to sort, a row for its panel.</p>
+(evidence for it); blue: hiding it raises it. Click a header to sort, a row for its panel.
+With exact maps, r in brackets marks a trivial map (max |exact| below {non_trivial}: hiding
+any patch barely moves p), whose r is noise; "r below" skips those.</p>
 <div class="bar">
   <label>true class <select id="true"><option value="">any</option>{class_options}
     </select></label>
@@ -135,12 +145,18 @@ function keep(row, s) {{
   if (s.kind && row.kind !== s.kind) return false;
   if (s.pmin && !(row.p >= parseFloat(s.pmin))) return false;
   if (s.pmax && !(row.p <= parseFloat(s.pmax))) return false;
-  if (s.rmax && !(row.r !== null && row.r < parseFloat(s.rmax))) return false;
+  // "r below": the maps whose estimate is off; a trivial map's r says nothing
+  if (s.rmax && !(row.r !== null && !row.trivial && row.r < parseFloat(s.rmax))) return false;
   return true;
 }}
-function cell(value) {{
+function cell(value, row, key) {{
   const td = document.createElement("td");
   td.textContent = value === null || value === undefined ? "" : String(value);
+  if (key === "r" && row.trivial && value !== null) {{
+    td.textContent = "(" + value + ")";
+    td.className = "muted";
+    td.title = "trivial map (max |exact| < {non_trivial}): its r is noise";
+  }}
   return td;
 }}
 function render() {{
@@ -168,7 +184,7 @@ function render() {{
     tr.className = "row";
     tr.dataset.index = row.index;
     for (const th of document.querySelectorAll("th[data-key]")) {{
-      tr.appendChild(cell(row[th.dataset.key]));
+      tr.appendChild(cell(row[th.dataset.key], row, th.dataset.key));
     }}
     const td = document.createElement("td");
     if (row.thumb) {{
@@ -190,7 +206,7 @@ function render() {{
     document.getElementById("caption").textContent =
       "#" + picked.index + ": true " + (picked.true || "?") + ", predicted " + picked.predicted +
       " (p " + picked.p + ")" + (picked.kind ? ", " + picked.kind : "") +
-      (picked.r !== null ? ", r " + picked.r : "") +
+      (picked.r !== null ? ", r " + picked.r + (picked.trivial ? " (trivial map)" : "") : "") +
       (picked.doubt !== null ? ", doubt " + picked.doubt : "");
   }}
 }}

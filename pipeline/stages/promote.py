@@ -202,8 +202,9 @@ def _describe(client, versions: dict, decision, evaluated: dict) -> None:
         # a link inside the MLflow UI (its pages live under the URL's fragment)
         link = (f" Figures: [the evaluate run](#/experiments/{evaluated.get('experiment_id')}"
                 f"/runs/{evaluated['run_id']}).")
+    reason = decision.reason.rstrip(".")
     paragraph = (f"{DECISION_MARK} {decision.decision}"
-                 f"{' (forced)' if decision.forced else ''}: {decision.reason}{link}")
+                 f"{' (forced)' if decision.forced else ''}: {reason}.{link}")
     for entry in versions.values():
         name, version = entry["name"], entry["version"]
         before = client.get_model_version(name, version).description or ""

@@ -76,7 +76,8 @@ def test_aliases_move_or_stay_in_a_registry(project):
     # the evaluate run in the MLflow UI
     assert client.get_model_version("hits-classifier", "1").description == (
         "what hits-classifier is\n\n**Promotion:** promoted: "
-        f"{first['reason']} Figures: [the evaluate run](#/experiments/7/runs/evaluate-run-2).")
+        f"{first['reason'].rstrip('.')}. Figures: [the evaluate run]"
+        "(#/experiments/7/runs/evaluate-run-2).")
 
     worse = promote(GOOD | {"bogus_median_r": 0.90})
     assert worse["decision"] == "rejected"
