@@ -26,6 +26,7 @@ from conftest import (
     stopped_server,
     write_tiny_params,
 )
+from pipeline import services as team_services
 from pipeline.core import search
 from pipeline.glue import tracking
 from pipeline.glue.processes import start_time
@@ -210,3 +211,23 @@ def test_occmap_and_mlflow_models_serve_load_the_champion_from_the_server(server
     for name, value in expected.items():
         np.testing.assert_allclose(np.asarray(answer["predictions"][name], np.float64), value,
                                    atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_database_restart_while_a_run_logs_loses_nothing_and_leaves_no_half_version(
+        services):
+    """PostgreSQL stopped for 2 s under a run that logs every 0.1 s, with a model version
+    registered in the outage (pipeline/bench_services.py's restart figure): the client
+    either retries or fails clearly; every call it reported as done is stored exactly
+    once, the run ends FINISHED, and the version is READY (never half registered)."""
+    from pipeline.bench_services import bench_restart
+
+    figures = bench_restart(services, outage_s=2.0, duration_s=8.0)
+    assert figures["points_in_store"] == figures["logged_ok"] > 0
+    assert figures["run_status"] == "FINISHED"
+    assert figures["registration"]["result"] == "registered" or \
+        "Error" in figures["registration"]["result"]
+    assert all(version["status"] == "READY" for version in figures["versions"])
+    assert len(figures["versions"]) == (figures["registration"]["result"] == "registered")
+    # the server answers again with the same database
+    assert team_services.status(services.folder) == {"postgresql": True, "mlflow": True}
