@@ -70,7 +70,7 @@ APT_INSTALL := sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update 
 	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq
 services: install ## Start PostgreSQL + an MLflow server on it (127.0.0.1); prints MLFLOW_TRACKING_URI=, OPTUNA_STORAGE=
 	@$(BIN)/python -c 'from pipeline.services import postgres_bin; postgres_bin()' \
-		2>/dev/null || { $(APT_INSTALL) postgresql >&2; }
+		2>/dev/null || { $(APT_INSTALL) postgresql; } >&2
 	@$(BIN)/python -m pipeline.services start --dir $(SERVICES_DIR)
 
 services-stop: install ## Stop the services by their PIDs (the data stays for the next start)
