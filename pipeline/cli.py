@@ -85,15 +85,18 @@ def model_uri(name: str, model: str) -> str:
 
 
 def estimated_maps(model: str, stamps: np.ndarray, batch_size: int, source: str,
-                   allow_out_of_range: bool = False) -> tuple[dict[str, np.ndarray], object]:
+                   allow_out_of_range: bool = False, spark_master: str | None = None,
+                   ) -> tuple[dict[str, np.ndarray], object]:
     """(outputs, ``ModelVersion`` used) of version or alias ``model`` of the registered
-    estimator, batch by batch with a bar: outputs {"maps": (N, H, W) float32, "target":
-    (N,) int32, "base_prob": (N,) float32[, "doubt": (N,) float32]}
-    (``pipeline.glue.pyfunc``); only the version's Keras file is read (no code from the
-    store runs). ``ValueError`` naming ``source`` when the stamps are not of the model's
-    shape or are refused, or when the version is incomplete."""
+    estimator, batch by batch with a bar (or, with ``spark_master``, by a Spark job):
+    outputs {"maps": (N, H, W) float32, "target": (N,) int32, "base_prob": (N,)
+    float32[, "doubt": (N,) float32]} (``pipeline.glue.pyfunc``); only the version's Keras
+    file is read (no code from the store runs). ``ValueError`` naming ``source`` when the
+    stamps are not of the model's shape or are refused, or when the version is
+    incomplete."""
     from tqdm import tqdm
 
+    from pipeline.core.explain import check_stamps
     from pipeline.glue.pyfunc import load_registered_explainer
 
     estimator, version = load_registered_explainer(ESTIMATOR_NAME, model)
@@ -101,6 +104,14 @@ def estimated_maps(model: str, stamps: np.ndarray, batch_size: int, source: str,
     if tuple(stamps.shape[1:]) != estimator.shape:
         raise ValueError(f"{source}: stamps of shape {stamps.shape[1:]}, the model {uri} "
                          f"explains stamps of shape {estimator.shape}")
+    if spark_master is not None:
+        from pipeline.glue.spark import explain_on_spark
+
+        # refused here, with the message of one process, before any job starts
+        check_stamps(stamps, estimator.shape, source=source,
+                     allow_out_of_range=allow_out_of_range)
+        return explain_on_spark(stamps, estimator.model, "estimate", spark_master,
+                                allow_out_of_range=allow_out_of_range), version
     parts: dict[str, list] = {}
     with tqdm(total=len(stamps), unit="map", desc="estimated maps") as bar:
         for start in range(0, len(stamps), batch_size):
@@ -113,8 +124,9 @@ def estimated_maps(model: str, stamps: np.ndarray, batch_size: int, source: str,
 
 
 def with_exact_fallback(result: dict[str, np.ndarray], version, stamps: np.ndarray,
-                        share: float | None, max_doubt: float | None,
-                        source: str) -> tuple[dict[str, np.ndarray], str | None]:
+                        share: float | None, max_doubt: float | None, source: str,
+                        spark_master: str | None = None,
+                        ) -> tuple[dict[str, np.ndarray], str | None]:
     """``result`` (``estimated_maps``'s outputs, with "doubt") with the rows of highest
     doubt (the ``share`` of them, or those above ``max_doubt``) replaced by their exact
     maps, target and probability under the classifier version the estimator ``version``
@@ -138,7 +150,7 @@ def with_exact_fallback(result: dict[str, np.ndarray], version, stamps: np.ndarr
         raise ValueError(f"{source}: {uri} does not record the classifier it was trained for "
                          "(tag classifier_version), so its maps cannot be recomputed exactly")
     classifier = registered_classifier(classifier_version, stamps, source)
-    exact = exact_maps(classifier, stamps[chosen], occlusion_settings())
+    exact = exact_maps(classifier, stamps[chosen], occlusion_settings(), spark_master)
     for name in ("maps", "target", "base_prob"):
         result[name] = result[name].copy()
         result[name][chosen] = exact[name]
@@ -252,10 +264,20 @@ def occlusion_settings():
     return OcclusionParams.from_dict(load_params().get("occlusion", {}))
 
 
-def exact_maps(classifier, stamps: np.ndarray, occlusion) -> dict[str, np.ndarray]:
+def exact_maps(classifier, stamps: np.ndarray, occlusion,
+               spark_master: str | None = None) -> dict[str, np.ndarray]:
     """Exact maps (N, H, W), target class (N,) and its probability (N,) of ``stamps``
-    under ``classifier`` (a Keras model taking them) with ``occlusion`` settings."""
+    under ``classifier`` (a Keras model taking them) with ``occlusion`` settings, in this
+    process or, with ``spark_master``, by the same engine in a Spark job."""
     from pipeline.core.explain import engine_for
+
+    if spark_master is not None:
+        import dataclasses
+
+        from pipeline.glue.spark import explain_on_spark
+
+        return explain_on_spark(stamps, classifier, "exact", spark_master,
+                                settings=dataclasses.asdict(occlusion))
 
     engine = engine_for(classifier, occlusion)
     maps, target, base_prob = engine.maps(stamps, chunk_size=occlusion.chunk_size,
@@ -383,11 +405,18 @@ def main():
                    "extrapolations).")
 @click.option("--verbose", is_flag=True,
               help="Show TensorFlow's and MLflow's own log lines and warnings too.")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local",
+              show_default=True,
+              help="Where the maps are computed: in this process, or by an Apache Spark job "
+                   "(a DataFrame of stamps, one pandas UDF per partition; the same maps).")
+@click.option("--master", default="local[*]", show_default=True, metavar="URL",
+              help="With --engine spark: the Spark master (local[2], spark://HOST:PORT).")
 def explain(stamps: Path, out: Path, exact: bool, exact_share: float | None,
             max_doubt: float | None, model: str, png_dir: Path | None,
             png_limit: int, batch_size: int, tracking_uri: str | None,
             classifier_file: Path | None, channels: tuple[int, ...], pad: int, crop: int,
-            real_index: int, output_kind: str, allow_out_of_range: bool, verbose: bool):
+            real_index: int, output_kind: str, allow_out_of_range: bool, verbose: bool,
+            engine: str, master: str):
     """Compute the occlusion map of every stamp in STAMPS.
 
     STAMPS is an .npz with an array 'images' (N, H, W, C) in [0, 1], the shape the model
@@ -405,6 +434,7 @@ def explain(stamps: Path, out: Path, exact: bool, exact_share: float | None,
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     images = arrays["images"]
+    spark = master if engine == "spark" else None
     if classifier_file is not None and not exact:
         raise click.UsageError("--classifier-file gives exact maps: add --exact (the "
                                "estimator is the registered one, trained for a classifier)")
@@ -430,17 +460,17 @@ def explain(stamps: Path, out: Path, exact: bool, exact_share: float | None,
         if classifier_file is not None:
             classifier = file_classifier(classifier_file, images, channels, pad, crop,
                                          real_index, output_kind)
-            result = exact_maps(classifier, images, occlusion_settings())
+            result = exact_maps(classifier, images, occlusion_settings(), spark)
         elif exact:
             classifier = registered_classifier(model, images, str(stamps))
-            result = exact_maps(classifier, images, occlusion_settings())
+            result = exact_maps(classifier, images, occlusion_settings(), spark)
         else:
             result, version = estimated_maps(model, images, batch_size, str(stamps),
-                                             allow_out_of_range)
+                                             allow_out_of_range, spark)
             if selective:
                 result, exact_uri = with_exact_fallback(result, version, images, exact_share,
-                                                        max_doubt, str(stamps))
-    except ValueError as err:
+                                                        max_doubt, str(stamps), spark)
+    except (ValueError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None
     except MlflowException as err:
         raise cannot_load(source, uri, err) from None

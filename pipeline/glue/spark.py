@@ -1,0 +1,179 @@
+"""Explaining stamps on Apache Spark (``occmap explain --engine spark``).
+
+The stamps become a DataFrame (``index`` long, ``stamp`` array<float>: each (H, W, C)
+stamp flattened in C order), split into partitions; ``mapInPandas`` runs one function per
+partition that loads the model once per Python worker and computes, with the very code of
+one process, either the estimator's outputs (``OcclusionEstimator.explained``) or the
+exact engine's maps (``engine_for(...).maps``) under the given occlusion settings. The
+rows come back sorted by ``index``, so the arrays equal those of one process.
+
+Why our own pandas UDF rather than ``mlflow.pyfunc.spark_udf``: one pass must give four
+outputs per stamp (maps, target, base_prob, doubt), a struct that ``spark_udf`` does not
+build from a dict of arrays; the exact engine is no registered pyfunc at all; and occmap
+loads a registered estimator from its Keras file alone, never from the code copy in the
+store (``spark_udf`` would run that copy in every executor). The model is shipped to the
+executors as one Keras file (``SparkContext.addFile``), so executors need the project's
+package installed but no access to the MLflow store.
+
+Spark runs on the OS's Java (17); the session binds the driver to 127.0.0.1 and has no
+UI. ``master`` is any Spark master URL: ``local[*]`` (default), ``local[2]``,
+``spark://HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MASTER = "local[*]"
+# rows per Arrow batch handed to a partition's function: the explainer's batch
+ARROW_BATCH = 1024
+SCHEMA = "index long, maps array<array<float>>, target int, base_prob float, doubt float"
+
+
+def spark_session(master: str = DEFAULT_MASTER, app: str = "occmap"):
+    """A SparkSession on ``master`` whose Python workers run this interpreter (the
+    project's venv), bound to 127.0.0.1, without the web UI, quiet below errors."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    import warnings
+
+    # PySpark 4.3 warns that pandas 3 is not fully supported; the Arrow paths used here
+    # (a DataFrame of arrays in, mapInPandas, toPandas) are checked by the tests
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master(master).appName(app)
+             .config("spark.ui.enabled", "false")
+             .config("spark.driver.host", "127.0.0.1")
+             .config("spark.driver.bindAddress", "127.0.0.1")
+             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+             .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH))
+             .config("spark.python.worker.reuse", "true")
+             .getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def explain_on_spark(images: np.ndarray, model, kind: str, master: str = DEFAULT_MASTER,
+                     settings: dict | None = None, allow_out_of_range: bool = False,
+                     partitions: int | None = None) -> dict[str, np.ndarray]:
+    """Outputs for ``images`` (N, H, W, C) float32 computed by a Spark job on ``master``:
+    with ``kind`` "estimate", ``model`` is the Keras explainer (``OcclusionEstimator.model``)
+    and the result is {"maps" (N, H, W), "target" (N,), "base_prob" (N,), "doubt" (N,)
+    when it has one}; with "exact", ``model`` is the Keras classifier, ``settings`` the
+    ``occlusion`` params as a dict, and the result {"maps", "target", "base_prob"}. The
+    job fails (``RuntimeError`` carrying the executor's error) rather than return part."""
+    if kind not in ("estimate", "exact"):
+        raise ValueError(f"kind must be 'estimate' or 'exact', not {kind!r}")
+    import pandas as pd
+
+    spark = spark_session(master)
+    n, shape = len(images), tuple(images.shape[1:])
+    with tempfile.TemporaryDirectory(prefix="occmap-spark-") as folder:
+        # a name of its own per job: a SparkContext refuses a name shipped twice, and the
+        # executors cache loaded models by name
+        shipped = Path(folder) / f"occmap-{kind}-{uuid.uuid4().hex}.keras"
+        model.save(shipped)
+        spark.sparkContext.addFile(str(shipped))
+        frame = spark.createDataFrame(pd.DataFrame({
+            "index": np.arange(n, dtype=np.int64),
+            "stamp": list(np.ascontiguousarray(images, np.float32).reshape(n, -1))}))
+        parts = partitions or max(1, spark.sparkContext.defaultParallelism)
+        job = _partition_job(shipped.name, shape, kind, settings or {}, allow_out_of_range)
+        try:
+            rows = frame.repartition(parts).mapInPandas(job, schema=SCHEMA).toPandas()
+        except Exception as error:  # Py4J / PythonException: the executor's message inside
+            raise RuntimeError(f"the Spark job failed: {_last_line(error)}") from error
+    rows = rows.sort_values("index")
+    if len(rows) != n or not np.array_equal(rows["index"].to_numpy(), np.arange(n)):
+        raise RuntimeError(f"the Spark job returned {len(rows)} rows for {n} stamps")
+    result = {"maps": np.stack([np.stack(m) for m in rows["maps"]]).astype(np.float32),
+              "target": rows["target"].to_numpy(np.int32),
+              "base_prob": rows["base_prob"].to_numpy(np.float32)}
+    if kind == "estimate" and rows["doubt"].notna().all():
+        result["doubt"] = rows["doubt"].to_numpy(np.float32)
+    return result
+
+
+def _partition_job(file_name: str, shape: tuple, kind: str, settings: dict,
+                   allow_out_of_range: bool):
+    """The function ``mapInPandas`` runs on each partition (pickled to the executors)."""
+
+    def job(batches: Iterator) -> Iterator:
+        from pipeline.glue.spark import explain_batch
+
+        for batch in batches:
+            yield explain_batch(batch, file_name, shape, kind, settings, allow_out_of_range)
+
+    return job
+
+
+_LOADED: dict = {}  # per Python worker: the shipped model, loaded once
+
+
+def explain_batch(batch, file_name: str, shape: tuple, kind: str, settings: dict,
+                  allow_out_of_range: bool):
+    """Executor side: one Arrow batch (``index``, ``stamp``) to rows of SCHEMA."""
+    import pandas as pd
+    from pyspark import SparkFiles
+
+    stamps = np.stack(batch["stamp"].to_numpy()).astype(np.float32).reshape(-1, *shape)
+    key = (file_name, kind)
+    if key not in _LOADED:
+        _LOADED[key] = _load(SparkFiles.get(file_name), kind, settings)
+    computed = _LOADED[key]
+    if kind == "estimate":
+        outputs = computed.explained(stamps, allow_out_of_range, source="a Spark partition")
+    else:
+        engine, chunk_size = computed
+        maps, target, base_prob = engine.maps(stamps, chunk_size=chunk_size)
+        outputs = {"maps": maps, "target": target, "base_prob": base_prob}
+    doubt = outputs.get("doubt")
+    return pd.DataFrame({
+        "index": batch["index"].to_numpy(np.int64),
+        "maps": [list(m) for m in np.asarray(outputs["maps"], np.float32)],
+        "target": np.asarray(outputs["target"], np.int32),
+        "base_prob": np.asarray(outputs["base_prob"], np.float32),
+        "doubt": (np.asarray(doubt, np.float32) if doubt is not None
+                  else np.full(len(stamps), np.nan, np.float32))})
+
+
+def _load(path: str, kind: str, settings: dict):
+    import tensorflow as tf
+
+    # each Python worker is one of the executor's cores: one thread each, no oversubscribing
+    # (refused once TensorFlow has run in this worker: then it already has its threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    if kind == "estimate":
+        from pipeline.glue.pyfunc import OcclusionEstimator
+
+        return OcclusionEstimator().load(path)
+    import keras
+
+    import pipeline.core.models  # noqa: F401  (registers the custom layers)
+    from pipeline.core.explain import engine_for
+    from pipeline.core.params import OcclusionParams
+
+    occlusion = OcclusionParams.from_dict(settings)
+    classifier = keras.saving.load_model(path, compile=False, safe_mode=True)
+    return engine_for(classifier, occlusion), occlusion.chunk_size
+
+
+def _last_line(error: Exception) -> str:
+    """The executor's own error line out of Spark's long message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error:" in line and not line.startswith("at "):
+            return line
+    return lines[-1] if lines else type(error).__name__
