@@ -13,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
 .PHONY: help install repro report plots test lint ui bench tune services services-stop \
-	clean-venv
+	spark-cluster spark-cluster-stop clean-venv
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -75,6 +75,18 @@ services: install ## Start PostgreSQL + an MLflow server on it (127.0.0.1); prin
 
 services-stop: install ## Stop the services by their PIDs (the data stays for the next start)
 	@$(BIN)/python -m pipeline.services stop --dir $(SERVICES_DIR)
+
+# A Spark standalone cluster on this machine (pipeline/spark_cluster.py): a master and
+# SPARK_WORKERS workers of 1 core each on 127.0.0.1, stopped by their PIDs; Java from the OS
+# packages (installed through apt when missing), logs and PIDs in SPARK_DIR.
+SPARK_DIR ?= spark-cluster
+SPARK_WORKERS ?= 2
+spark-cluster: install ## Start a Spark master + SPARK_WORKERS workers (127.0.0.1); prints SPARK_MASTER=
+	@command -v java >/dev/null || { $(APT_INSTALL) openjdk-17-jre-headless; } >&2
+	@$(BIN)/python -m pipeline.spark_cluster start --dir $(SPARK_DIR) --workers $(SPARK_WORKERS)
+
+spark-cluster-stop: install ## Stop the Spark cluster by its PIDs
+	@$(BIN)/python -m pipeline.spark_cluster stop --dir $(SPARK_DIR)
 
 clean-venv: ## Remove the virtual environment
 	rm -rf $(VENV)

@@ -620,6 +620,186 @@ def report(stamps: Path, out: Path, model: str, limit: int, with_exact: bool,
 
 
 @main.group()
+def alerts():
+    """Explain a broker's alerts on Apache Spark: a Fink-style science module.
+
+    Alerts are Parquet rows: 'candid' (long) and one array<float> column of H*W pixels
+    (row-major, in [0, 1]) per stamp channel (HiTS: template, science, difference,
+    snr_difference); other columns are carried through. Explained alerts get the struct
+    column 'occlusion' (map, explained_class, probability, doubt) and 'occlusion_model'.
+    """
+
+
+@alerts.command("write")
+@click.argument("stamps", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the Parquet alert files (alerts-NNN.parquet).")
+@click.option("--files", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Cut the alerts into this many files (a stream's arrivals).")
+@click.option("--first-candid", default=1, show_default=True, type=click.IntRange(min=0),
+              help="The candid of the first stamp; the next ones count up.")
+@click.option("--prefix", default="alerts", show_default=True,
+              help="File names: PREFIX-NNN.parquet.")
+@click.option("--limit", default=0, show_default=True, type=click.IntRange(min=0),
+              help="At most this many stamps, the first of the file (0: all).")
+def alerts_write(stamps: Path, out: Path, files: int, first_candid: int, prefix: str,
+                 limit: int):
+    """Write the stamps of STAMPS (.npz or HiTS pickle) as Parquet alerts (twin alerts:
+    with the file's 'labels' and 'kind' as columns 'label' and 'kind')."""
+    from pipeline.core.geometry import HITS_CHANNELS
+    from pipeline.glue.alerts import twin_columns, write_alert_files
+
+    try:
+        arrays = read_stamps(stamps)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    count = len(arrays["images"]) if limit == 0 else min(limit, len(arrays["images"]))
+    images = arrays["images"][:count]
+    if images.shape[-1] != len(HITS_CHANNELS):
+        raise click.ClickException(f"{stamps}: stamps of {images.shape[-1]} channels; the "
+                                   f"alert columns are HiTS's {len(HITS_CHANNELS)}")
+    extra = twin_columns(arrays["labels"][:count] if "labels" in arrays else None,
+                         arrays["kind"][:count] if "kind" in arrays else None)
+    candids = np.arange(first_candid, first_candid + count, dtype=np.int64)
+    written = write_alert_files(out, images, candids, HITS_CHANNELS, min(files, count),
+                                prefix, extra)
+    click.echo(f"occmap alerts: {count} alerts (candid {candids[0]}..{candids[-1]}) in "
+               f"{len(written)} file(s) -> {out}")
+
+
+def _alert_job(model: str, master: str, tracking_uri: str | None):
+    """(spark, shipped model name, model shape, channel columns, pinned URI) for an alert
+    job: the registered estimator loaded from its Keras file and shipped to executors."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core.geometry import HITS_CHANNELS
+    from pipeline.glue.alerts import ship_model
+    from pipeline.glue.pyfunc import load_registered_explainer
+    from pipeline.glue.spark import spark_session
+
+    uri = tracking_uri or default_store()
+    open_registry(uri)
+    source = model_uri(ESTIMATOR_NAME, model)
+    try:
+        estimator, version = load_registered_explainer(ESTIMATOR_NAME, model)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    except MlflowException as err:
+        raise cannot_load(source, uri, err) from None
+    if estimator.shape[-1] != len(HITS_CHANNELS):
+        raise click.ClickException(f"{source}: explains stamps of {estimator.shape[-1]} "
+                                   f"channels; alert columns are HiTS's {HITS_CHANNELS}")
+    spark = spark_session(master, app="occmap-alerts")
+    name = ship_model(spark, estimator.model)
+    return (spark, name, estimator.shape, HITS_CHANNELS,
+            f"models:/{ESTIMATOR_NAME}/{version.version}")
+
+
+def _alert_options(command):
+    """The options every alert job takes: model, master, store, range, verbosity."""
+    options = [
+        click.option("--model", default="champion", show_default=True,
+                     metavar="ALIAS|VERSION",
+                     help=f"Which registered version of {ESTIMATOR_NAME}."),
+        click.option("--master", default="local[*]", show_default=True, metavar="URL",
+                     help="The Spark master (local[2], spark://HOST:PORT)."),
+        click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+                     help="MLflow tracking/registry URI [default: the project's store; "
+                          "env: MLFLOW_TRACKING_URI]."),
+        click.option("--allow-out-of-range", is_flag=True,
+                     help="Explain stamps with values outside [0, 1] instead of failing."),
+        click.option("--verbose", is_flag=True,
+                     help="Show TensorFlow's, MLflow's and Spark's own log lines too."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@alerts.command("explain")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Folder for the explained alerts (Parquet); must not exist.")
+@_alert_options
+def alerts_explain(source: Path, out: Path, model: str, master: str,
+                   tracking_uri: str | None, allow_out_of_range: bool, verbose: bool):
+    """Batch job: explain the Parquet alerts in SOURCE (a file or a folder)."""
+    from pipeline.glue.alerts import explain_alerts
+    from pipeline.glue.spark import executor_error_line
+
+    quiet_libraries(verbose)
+    if out.exists():
+        raise click.ClickException(f"{out}: already exists (explained alerts are written "
+                                   "to a new folder)")
+    spark, name, shape, channels, pinned = _alert_job(model, master, tracking_uri)
+    try:
+        count = explain_alerts(spark, str(source), str(out), name, shape, channels,
+                               allow_out_of_range, pinned)
+    except Exception as error:  # Spark's AnalysisException / PythonException
+        raise click.ClickException(f"{source}: the Spark job failed, nothing written: "
+                                   f"{executor_error_line(error)}") from None
+    click.echo(f"occmap alerts: {count} alerts explained by {pinned} -> {out}")
+
+
+@alerts.command("stream")
+@click.argument("source", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder the explained alerts are appended to (Parquet, Spark's file "
+                   "sink: read it through Spark, its _spark_metadata says which files "
+                   "count).")
+@click.option("--checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The job's progress; restart with the same folder to go on where it "
+                   "stopped (every alert explained exactly once).")
+@click.option("--files-per-batch", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Alert files per micro-batch.")
+@click.option("--available-now", is_flag=True,
+              help="Explain the alerts there now, then stop (else: watch SOURCE until "
+                   "stopped with Ctrl-C or SIGTERM).")
+@click.option("--poll", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between looks at SOURCE.")
+@_alert_options
+def alerts_stream(source: Path, out: Path, checkpoint: Path, files_per_batch: int,
+                  available_now: bool, poll: float, model: str, master: str,
+                  tracking_uri: str | None, allow_out_of_range: bool, verbose: bool):
+    """Streaming job: explain alert files as they arrive in SOURCE (Parquet, written
+    whole: e.g. by 'occmap alerts write'), appending them to OUT."""
+    import signal
+
+    from pipeline.glue.alerts import TWIN_SCHEMA, stream_alerts
+    from pipeline.glue.spark import executor_error_line
+
+    quiet_libraries(verbose)
+    source.mkdir(parents=True, exist_ok=True)  # the folder alerts will arrive in
+    spark, name, shape, channels, pinned = _alert_job(model, master, tracking_uri)
+    # twin alerts' truth is carried through (null in a broker's alerts)
+    query = stream_alerts(spark, str(source), str(out), str(checkpoint), name, shape,
+                          channels, TWIN_SCHEMA, files_per_batch, available_now, poll,
+                          allow_out_of_range, pinned)
+    click.echo(f"occmap alerts: watching {source} with {pinned} -> {out} "
+               f"(checkpoint {checkpoint})")
+
+    def stop(signum, frame):
+        query.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    seen = -1
+    try:
+        while query.isActive:
+            query.awaitTermination(poll)
+            progress = query.lastProgress
+            if progress and progress["batchId"] != seen and progress["numInputRows"]:
+                seen = progress["batchId"]
+                click.echo(f"occmap alerts: batch {seen}: {progress['numInputRows']} "
+                           "alerts explained")
+    except KeyboardInterrupt:
+        query.stop()
+    if query.exception() is not None:
+        raise click.ClickException(f"{source}: the streaming job failed (its batch is not "
+                                   f"committed; fix and restart): "
+                                   f"{executor_error_line(query.exception())}")
+
+
+@main.group()
 def store():
     """The project's MLflow store (mlruns/): re-root it after a move, print its URLs."""
 

@@ -371,3 +371,20 @@ def write_legacy_sequential(model, path, input_shape):
         h5.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": specs})
         write_legacy_weights(h5, model)
     return path
+
+
+@pytest.fixture(scope="module")
+def spark_ready():
+    """Java is there (PySpark starts a JVM); skipped without it, except where
+    ``REQUIRE_SPARK`` is set (CI: ``.ci/run`` installs OpenJDK first)."""
+    if shutil.which("java") is None:
+        message = "no java on PATH (apt-get install openjdk-17-jre-headless)"
+        if os.environ.get("REQUIRE_SPARK"):
+            pytest.fail(message)
+        pytest.skip(message)
+    yield
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()

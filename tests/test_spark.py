@@ -4,31 +4,11 @@ writes nothing."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-
-
-@pytest.fixture(scope="module")
-def spark_ready():
-    """Java is there (PySpark starts a JVM); skipped without it, except where
-    ``REQUIRE_SPARK`` is set (CI: ``.ci/run`` installs OpenJDK first)."""
-    if shutil.which("java") is None:
-        message = "no java on PATH (apt-get install openjdk-17-jre-headless)"
-        if os.environ.get("REQUIRE_SPARK"):
-            pytest.fail(message)
-        pytest.skip(message)
-    yield
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
 
 
 @pytest.fixture(scope="module")

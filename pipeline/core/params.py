@@ -273,6 +273,9 @@ class OcclusionParams(Section):
     # patch changes (core/incremental.py; refused for a net it cannot run); auto:
     # incremental where the net allows it, else batched with a log line saying why
     engine: str = param("auto", choices=ENGINES)
+    # where the maps are computed: "" in this process, or a Spark master URL
+    # (local[2], spark://HOST:PORT): the same engine in each executor, the same maps
+    spark_master: str = ""
 
 
 @dataclass(frozen=True)

@@ -63,13 +63,16 @@ def spark_session(master: str = DEFAULT_MASTER, app: str = "occmap"):
 
 def explain_on_spark(images: np.ndarray, model, kind: str, master: str = DEFAULT_MASTER,
                      settings: dict | None = None, allow_out_of_range: bool = False,
-                     partitions: int | None = None) -> dict[str, np.ndarray]:
+                     partitions: int | None = None,
+                     targets: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Outputs for ``images`` (N, H, W, C) float32 computed by a Spark job on ``master``:
     with ``kind`` "estimate", ``model`` is the Keras explainer (``OcclusionEstimator.model``)
     and the result is {"maps" (N, H, W), "target" (N,), "base_prob" (N,), "doubt" (N,)
     when it has one}; with "exact", ``model`` is the Keras classifier, ``settings`` the
-    ``occlusion`` params as a dict, and the result {"maps", "target", "base_prob"}. The
-    job fails (``RuntimeError`` carrying the executor's error) rather than return part."""
+    ``occlusion`` params as a dict, and the result {"maps", "target", "base_prob"};
+    ``targets`` (N,) int, exact only: the class to explain per stamp (``occlusion.target:
+    label``) instead of the predicted one. The job fails (``RuntimeError`` carrying the
+    executor's error) rather than return part."""
     if kind not in ("estimate", "exact"):
         raise ValueError(f"kind must be 'estimate' or 'exact', not {kind!r}")
     import pandas as pd
@@ -82,15 +85,17 @@ def explain_on_spark(images: np.ndarray, model, kind: str, master: str = DEFAULT
         shipped = Path(folder) / f"occmap-{kind}-{uuid.uuid4().hex}.keras"
         model.save(shipped)
         spark.sparkContext.addFile(str(shipped))
-        frame = spark.createDataFrame(pd.DataFrame({
-            "index": np.arange(n, dtype=np.int64),
-            "stamp": list(np.ascontiguousarray(images, np.float32).reshape(n, -1))}))
+        columns = {"index": np.arange(n, dtype=np.int64),
+                   "stamp": list(np.ascontiguousarray(images, np.float32).reshape(n, -1))}
+        if targets is not None:
+            columns["explain"] = np.asarray(targets, np.int32)
+        frame = spark.createDataFrame(pd.DataFrame(columns))
         parts = partitions or max(1, spark.sparkContext.defaultParallelism)
         job = _partition_job(shipped.name, shape, kind, settings or {}, allow_out_of_range)
         try:
             rows = frame.repartition(parts).mapInPandas(job, schema=SCHEMA).toPandas()
         except Exception as error:  # Py4J / PythonException: the executor's message inside
-            raise RuntimeError(f"the Spark job failed: {_last_line(error)}") from error
+            raise RuntimeError(f"the Spark job failed: {executor_error_line(error)}") from error
     rows = rows.sort_values("index")
     if len(rows) != n or not np.array_equal(rows["index"].to_numpy(), np.arange(n)):
         raise RuntimeError(f"the Spark job returned {len(rows)} rows for {n} stamps")
@@ -125,15 +130,13 @@ def explain_batch(batch, file_name: str, shape: tuple, kind: str, settings: dict
     from pyspark import SparkFiles
 
     stamps = np.stack(batch["stamp"].to_numpy()).astype(np.float32).reshape(-1, *shape)
-    key = (file_name, kind)
-    if key not in _LOADED:
-        _LOADED[key] = _load(SparkFiles.get(file_name), kind, settings)
-    computed = _LOADED[key]
+    computed = cached_model(SparkFiles.get(file_name), kind, settings)
     if kind == "estimate":
         outputs = computed.explained(stamps, allow_out_of_range, source="a Spark partition")
     else:
         engine, chunk_size = computed
-        maps, target, base_prob = engine.maps(stamps, chunk_size=chunk_size)
+        chosen = batch["explain"].to_numpy(np.int32) if "explain" in batch else None
+        maps, target, base_prob = engine.maps(stamps, chunk_size=chunk_size, target=chosen)
         outputs = {"maps": maps, "target": target, "base_prob": base_prob}
     doubt = outputs.get("doubt")
     return pd.DataFrame({
@@ -143,6 +146,16 @@ def explain_batch(batch, file_name: str, shape: tuple, kind: str, settings: dict
         "base_prob": np.asarray(outputs["base_prob"], np.float32),
         "doubt": (np.asarray(doubt, np.float32) if doubt is not None
                   else np.full(len(stamps), np.nan, np.float32))})
+
+
+def cached_model(path: str, kind: str, settings: dict):
+    """Executor side: the model shipped at ``path``, loaded once per Python worker (and
+    kept for the worker's next tasks): for ``kind`` "estimate" an ``OcclusionEstimator``,
+    for "exact" (the exact engine of the classifier under ``settings``, its chunk size)."""
+    key = (path, kind)
+    if key not in _LOADED:
+        _LOADED[key] = _load(path, kind, settings)
+    return _LOADED[key]
 
 
 def _load(path: str, kind: str, settings: dict):
@@ -170,7 +183,7 @@ def _load(path: str, kind: str, settings: dict):
     return engine_for(classifier, occlusion), occlusion.chunk_size
 
 
-def _last_line(error: Exception) -> str:
+def executor_error_line(error: Exception) -> str:
     """The executor's own error line out of Spark's long message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in reversed(lines):
