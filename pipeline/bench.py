@@ -17,6 +17,8 @@ Targets:
   services    load and faults on PostgreSQL + the MLflow tracking server (its own, in a
               temporary folder): concurrent clients, a database restart while a run
               logs, Optuna workers' connections (pipeline/bench_services.py)
+  spark       exact maps/s by a Spark job (``--master``: local[2], or the standalone
+              cluster of ``make spark-cluster``) against one process on the same stamps
 """
 
 from __future__ import annotations
@@ -602,6 +604,72 @@ def _print_serving(f: dict) -> None:
           f"(during a request) {f['peak_mb']:.0f} MiB")
 
 
+def bench_spark(arch: str, n: int, seed: int, master: str, chunk_size: int | None) -> dict:
+    """Exact maps/s of the project's engine in this process and by a Spark job on
+    ``master`` (``pipeline.glue.spark``, the path of ``occlusion.spark_master``), on the
+    same ``n`` twin stamps and an untrained net of ``arch`` (timing does not depend on the
+    weights). Spark's costs are split: starting the session, a first job on a few stamps
+    (executors, Python workers, TensorFlow and the model loaded in each), then the timed
+    job on all ``n`` with everything warm; its maps are held to this process's."""
+    import dataclasses
+
+    import keras
+
+    from pipeline.core.explain import engine_for
+    from pipeline.core.models.classifiers import build_classifier
+    from pipeline.core.params import OcclusionParams
+    from pipeline.glue.spark import explain_on_spark, spark_session
+
+    keras.utils.set_random_seed(seed)
+    stamps, _, _ = synthetic.make_stamps(n, seed=seed, preset="default")
+    model = build_classifier(arch, CLASSIFIER_CHANNELS[arch],
+                             StampGeometry.from_stamps(stamps))
+    occlusion = OcclusionParams(chunk_size=chunk_size or OCCLUSION_CHUNK[arch])
+    settings = dataclasses.asdict(occlusion)
+    engine = engine_for(model, occlusion)
+    engine.maps(stamps[:occlusion.chunk_size], chunk_size=occlusion.chunk_size)  # warm-up
+    one: dict = {}
+    one_seconds = _seconds(lambda: one.update(
+        maps=engine.maps(stamps, chunk_size=occlusion.chunk_size)[0]))
+
+    session_seconds = _seconds(lambda: spark_session(master, app="occmap-bench"))
+    spark = spark_session(master, app="occmap-bench")
+    parallelism = spark.sparkContext.defaultParallelism
+    few = min(n, 2 * parallelism)
+    first_job_seconds = _seconds(lambda: explain_on_spark(stamps[:few], model, "exact",
+                                                          master, settings))
+    there: dict = {}
+    spark_seconds = _seconds(lambda: there.update(
+        maps=explain_on_spark(stamps, model, "exact", master, settings)["maps"]))
+    spark.stop()
+    return {
+        "arch": arch, "n": n, "master": master, "parallelism": parallelism,
+        "engine": engine.name, "chunk_size": occlusion.chunk_size,
+        "one_process_maps_per_s": n / one_seconds,
+        "spark_session_start_s": session_seconds,
+        "spark_first_job_s": first_job_seconds, "spark_first_job_stamps": few,
+        "spark_job_s": spark_seconds, "spark_maps_per_s": n / spark_seconds,
+        "spark_over_one_process": one_seconds / spark_seconds,
+        "spark_with_start_over_one_process":
+            one_seconds / (session_seconds + first_job_seconds + spark_seconds),
+        "max_abs_diff": float(np.abs(one["maps"] - there["maps"]).max()),
+    }
+
+
+def _print_spark(f: dict) -> None:
+    print(f"spark: exact maps, {f['arch']} classifier ({f['engine']} engine, chunks of "
+          f"{f['chunk_size']}), {f['n']} twin stamps; master {f['master']} "
+          f"({f['parallelism']} cores)")
+    print(f"one process               {f['one_process_maps_per_s']:10.1f} maps/s")
+    print(f"Spark job (warm)          {f['spark_maps_per_s']:10.1f} maps/s "
+          f"({f['spark_over_one_process']:.2f}x one process)")
+    print(f"Spark's fixed costs       session {f['spark_session_start_s']:.1f} s, first job "
+          f"({f['spark_first_job_stamps']} stamps: executors, workers, model) "
+          f"{f['spark_first_job_s']:.1f} s; all in: "
+          f"{f['spark_with_start_over_one_process']:.2f}x one process")
+    print(f"max |difference|          {f['max_abs_diff']:.1e} (the same maps)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -668,9 +736,21 @@ def main(argv: list[str] | None = None) -> None:
                      help="registry queries per client (default 20)")
     svc.add_argument("--outage", type=float, default=5.0,
                      help="seconds PostgreSQL stays down in the restart test (default 5)")
+    spk = sub.add_parser("spark", help="exact maps/s on Spark against one process")
+    spk.add_argument("--arch", default="seed", choices=sorted(OCCLUSION_CHUNK))
+    spk.add_argument("--n", type=int, default=2000, help="stamps (default 2000)")
+    spk.add_argument("--master", default="local[2]",
+                     help="Spark master (default local[2]; make spark-cluster prints one)")
+    spk.add_argument("--chunk-size", type=int, default=None)
+    spk.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    if args.target == "services":
+    if args.target == "spark":
+        if args.n < 1:
+            parser.error("--n must be >= 1")
+        figures = bench_spark(args.arch, args.n, args.seed, args.master, args.chunk_size)
+        _print_spark(figures)
+    elif args.target == "services":
         from pipeline.bench_services import bench_services, print_services
 
         if args.clients < 1 or args.metrics < 1 or args.queries < 0 or args.outage <= 0:

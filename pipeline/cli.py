@@ -6,6 +6,9 @@
                    [--pad 3] [--real-index 1] [--output softmax|sigmoid]
     occmap serve [--model champion|VERSION] [--port 5001] [--max-stamps 1000]
     occmap report STAMPS --out DIR [--model champion|VERSION] [--exact] [--limit 500]
+    occmap alerts write STAMPS --out RAW [--files 3]        (Parquet alerts of twin stamps)
+    occmap alerts explain RAW --out SCIENCE [--master local[2]]       (Spark batch job)
+    occmap alerts stream RAW --out SCIENCE --checkpoint CK [--available-now]  (streaming)
     occmap store reroot | urls [--port 5000]
 
 Thin glue: stamps are read and checked here, the maps come from the registered

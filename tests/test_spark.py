@@ -4,10 +4,14 @@ writes nothing."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from conftest import run_stage
 from pipeline.cli import main
 
 
@@ -90,3 +94,37 @@ def test_a_failed_job_raises_with_the_executors_error(spark_ready, stamps):
     broken[3, 0, 0, 0] = np.nan
     with pytest.raises(RuntimeError, match="the Spark job failed: .*NaN"):
         explain_on_spark(broken, estimator.model, "estimate", "local[2]")
+
+
+@pytest.mark.slow
+def test_the_occlusion_maps_stage_on_spark_gives_the_maps_of_one_process(spark_ready,
+                                                                         tiny_maps, tmp_path):
+    """occlusion.spark_master: each split's maps by a Spark job; here with target: label,
+    so the class to explain travels with each stamp. Held to the engine in this process."""
+    from pipeline.core.explain import engine_for
+    from pipeline.core.params import OcclusionParams
+    from pipeline.glue.artifacts import load_model
+
+    project, env = tiny_maps
+    for folder in ("data/prepared", "models"):
+        shutil.copytree(project / folder, tmp_path / folder)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["occlusion"].update(spark_master="local[2]", target="label")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run_stage("occlusion_maps", tmp_path, env)
+
+    classifier = load_model(tmp_path / "models" / "classifier.keras")
+    occlusion = OcclusionParams.from_dict(params["occlusion"])
+    engine = engine_for(classifier, occlusion)
+    for split in ("train", "val", "test"):
+        with np.load(tmp_path / "data" / "prepared" / f"{split}.npz") as npz:
+            images, labels = npz["images"], npz["labels"]
+        maps, target, base_prob = engine.maps(images, target=labels,
+                                              chunk_size=occlusion.chunk_size)
+        with np.load(tmp_path / "data" / "occlusion" / f"{split}.npz") as npz:
+            np.testing.assert_array_equal(npz["target"], labels)
+            np.testing.assert_array_equal(npz["target"], target)
+            np.testing.assert_allclose(npz["maps"], maps, atol=1e-6, rtol=0)
+            np.testing.assert_allclose(npz["base_prob"], base_prob, atol=1e-6, rtol=0)
+    summary = yaml.safe_load((tmp_path / "metrics" / "occlusion_maps.json").read_text())
+    assert summary["spark_master"] == "local[2]"

@@ -1,15 +1,14 @@
 """A Spark standalone cluster on this machine (pipeline/spark_cluster.py, `make
-spark-cluster`): a real master and two 1-core workers on 127.0.0.1 run a PySpark job from
-this process; a second start starts nothing; stop leaves no process behind and a second
-stop is a no-op."""
+spark-cluster`): a real master and two 1-core workers on 127.0.0.1 run the exact engine's
+Spark job (the occlusion_maps stage's path) from this process; a second start starts
+nothing; stop leaves no process behind and a second stop is a no-op."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import spark_cluster
@@ -19,18 +18,7 @@ WORKERS = 2
 
 
 @pytest.fixture(scope="module")
-def java_ready():
-    """Java is there (the master and workers are JVMs); skipped without it, except where
-    ``REQUIRE_SPARK`` is set (CI: ``.ci/run`` installs OpenJDK first)."""
-    if shutil.which("java") is None:
-        message = "no java on PATH (apt-get install openjdk-17-jre-headless)"
-        if os.environ.get("REQUIRE_SPARK"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def cluster(java_ready, tmp_path_factory):
+def cluster(spark_ready, tmp_path_factory):
     """One cluster for the module (JVMs take seconds to start on 2 cores); stopped at the
     end whatever the tests did (a no-op after the stop test)."""
     folder = tmp_path_factory.mktemp("spark-cluster")
@@ -60,8 +48,17 @@ def _session_members(leaders: set[int]) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_job_runs_on_the_cluster(cluster, monkeypatch):
+def test_the_exact_engine_runs_on_the_cluster(cluster, tiny_maps, monkeypatch):
+    """The Spark path of the occlusion_maps stage (occlusion.spark_master) against the
+    standalone cluster: the maps of the engine in this process."""
+    import dataclasses
+
     from pyspark.sql import SparkSession
+
+    from pipeline.core.explain import engine_for
+    from pipeline.core.params import OcclusionParams
+    from pipeline.glue.artifacts import load_model
+    from pipeline.glue.spark import explain_on_spark
 
     state = spark_cluster.master_state(cluster)
     assert state["url"] == cluster.master_url
@@ -74,21 +71,24 @@ def test_a_job_runs_on_the_cluster(cluster, monkeypatch):
         active.stop()
     # the Python workers run what the driver names (its python3 may not be the venv's)
     monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
-    spark = (SparkSession.builder.master(cluster.master_url)
-             .appName("test_spark_cluster")
-             .config("spark.driver.host", "127.0.0.1")
-             .config("spark.driver.bindAddress", "127.0.0.1")
-             .config("spark.ui.enabled", "false")
-             .config("spark.executor.memory", "512m")
-             .config("spark.cores.max", str(WORKERS))
-             .getOrCreate())
+    project, _ = tiny_maps
+    classifier = load_model(project / "models" / "classifier.keras")
+    with np.load(project / "data" / "prepared" / "test.npz") as npz:
+        images = npz["images"]
+    occlusion = OcclusionParams(chunk_size=7)
+    maps, target, base_prob = engine_for(classifier, occlusion).maps(images, chunk_size=7)
+    there = explain_on_spark(images, classifier, "exact", cluster.master_url,
+                             dataclasses.asdict(occlusion))
+    spark = SparkSession.getActiveSession()
     try:
         assert spark.sparkContext.master == cluster.master_url
-        assert spark.range(100).rdd.map(lambda row: row.id * row.id).sum() == 328350
         used = spark_cluster.master_state(cluster)
-        assert used["activeapps"] and used["activeapps"][0]["name"] == "test_spark_cluster"
+        assert used["activeapps"] and used["activeapps"][0]["name"] == "occmap"
     finally:
         spark.stop()
+    np.testing.assert_array_equal(there["target"], target)
+    np.testing.assert_allclose(there["maps"], maps, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(there["base_prob"], base_prob, atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ def spark_session(master: str = DEFAULT_MASTER, app: str = "occmap"):
 
     spark = (SparkSession.builder.master(master).appName(app)
              .config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")  # no bars over occmap's lines
              .config("spark.driver.host", "127.0.0.1")
              .config("spark.driver.bindAddress", "127.0.0.1")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
