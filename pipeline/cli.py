@@ -21,6 +21,7 @@ with the classifier version the estimator was trained for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -670,9 +671,11 @@ def alerts_write(stamps: Path, out: Path, files: int, first_candid: int, prefix:
                f"{len(written)} file(s) -> {out}")
 
 
+@contextlib.contextmanager
 def _alert_job(model: str, master: str, tracking_uri: str | None):
     """(spark, shipped model name, model shape, channel columns, pinned URI) for an alert
-    job: the registered estimator loaded from its Keras file and shipped to executors."""
+    job: the registered estimator loaded from its Keras file and shipped to executors
+    (from a temporary folder, removed when the job ends)."""
     from mlflow.exceptions import MlflowException
 
     from pipeline.core.geometry import HITS_CHANNELS
@@ -693,9 +696,10 @@ def _alert_job(model: str, master: str, tracking_uri: str | None):
         raise click.ClickException(f"{source}: explains stamps of {estimator.shape[-1]} "
                                    f"channels; alert columns are HiTS's {HITS_CHANNELS}")
     spark = spark_session(master, app="occmap-alerts")
-    name = ship_model(spark, estimator.model)
-    return (spark, name, estimator.shape, HITS_CHANNELS,
-            f"models:/{ESTIMATOR_NAME}/{version.version}")
+    with tempfile.TemporaryDirectory(prefix="occmap-alerts-") as folder:
+        name = ship_model(spark, estimator.model, folder)
+        yield (spark, name, estimator.shape, HITS_CHANNELS,
+               f"models:/{ESTIMATOR_NAME}/{version.version}")
 
 
 def _alert_options(command):
@@ -734,13 +738,13 @@ def alerts_explain(source: Path, out: Path, model: str, master: str,
     if out.exists():
         raise click.ClickException(f"{out}: already exists (explained alerts are written "
                                    "to a new folder)")
-    spark, name, shape, channels, pinned = _alert_job(model, master, tracking_uri)
-    try:
-        count = explain_alerts(spark, str(source), str(out), name, shape, channels,
-                               allow_out_of_range, pinned)
-    except Exception as error:  # Spark's AnalysisException / PythonException
-        raise click.ClickException(f"{source}: the Spark job failed, nothing written: "
-                                   f"{executor_error_line(error)}") from None
+    with _alert_job(model, master, tracking_uri) as (spark, name, shape, channels, pinned):
+        try:
+            count = explain_alerts(spark, str(source), str(out), name, shape, channels,
+                                   allow_out_of_range, pinned)
+        except Exception as error:  # Spark's AnalysisException / PythonException
+            raise click.ClickException(f"{source}: the Spark job failed, nothing written: "
+                                       f"{executor_error_line(error)}") from None
     click.echo(f"occmap alerts: {count} alerts explained by {pinned} -> {out}")
 
 
@@ -773,33 +777,30 @@ def alerts_stream(source: Path, out: Path, checkpoint: Path, files_per_batch: in
 
     quiet_libraries(verbose)
     source.mkdir(parents=True, exist_ok=True)  # the folder alerts will arrive in
-    spark, name, shape, channels, pinned = _alert_job(model, master, tracking_uri)
-    # twin alerts' truth is carried through (null in a broker's alerts)
-    query = stream_alerts(spark, str(source), str(out), str(checkpoint), name, shape,
-                          channels, TWIN_SCHEMA, files_per_batch, available_now, poll,
-                          allow_out_of_range, pinned)
-    click.echo(f"occmap alerts: watching {source} with {pinned} -> {out} "
-               f"(checkpoint {checkpoint})")
-
-    def stop(signum, frame):
-        query.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    seen = -1
-    try:
-        while query.isActive:
-            query.awaitTermination(poll)
-            progress = query.lastProgress
-            if progress and progress["batchId"] != seen and progress["numInputRows"]:
-                seen = progress["batchId"]
-                click.echo(f"occmap alerts: batch {seen}: {progress['numInputRows']} "
-                           "alerts explained")
-    except KeyboardInterrupt:
-        query.stop()
-    if query.exception() is not None:
+    with _alert_job(model, master, tracking_uri) as (spark, name, shape, channels, pinned):
+        # twin alerts' truth is carried through (null in a broker's alerts)
+        query = stream_alerts(spark, str(source), str(out), str(checkpoint), name, shape,
+                              channels, TWIN_SCHEMA, files_per_batch, available_now, poll,
+                              allow_out_of_range, pinned)
+        click.echo(f"occmap alerts: watching {source} with {pinned} -> {out} "
+                   f"(checkpoint {checkpoint})")
+        signal.signal(signal.SIGTERM, lambda signum, frame: query.stop())
+        seen = -1
+        try:
+            while query.isActive:
+                query.awaitTermination(poll)
+                progress = query.lastProgress
+                if progress and progress["batchId"] != seen and progress["numInputRows"]:
+                    seen = progress["batchId"]
+                    click.echo(f"occmap alerts: batch {seen}: "
+                               f"{progress['numInputRows']} alerts explained")
+        except KeyboardInterrupt:
+            query.stop()
+        failure = query.exception()
+    if failure is not None:
         raise click.ClickException(f"{source}: the streaming job failed (its batch is not "
                                    f"committed; fix and restart): "
-                                   f"{executor_error_line(query.exception())}")
+                                   f"{executor_error_line(failure)}")
 
 
 @main.group()

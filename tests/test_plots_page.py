@@ -47,6 +47,7 @@ def test_the_plots_page_draws_every_chart_with_the_network_cut(tmp_path, repo_ro
                 "train_estimator/gallery.png", "evaluate/deletion.png", "evaluate/selective.png",
                 "evaluate/gallery.png", "evaluate/gallery_real.png",
                 "evaluate/gallery_bogus.png", "evaluate/gallery_by_kind.png",
+                "evaluate/kinds/real.png", "evaluate/kinds/trail.png",
                 "evaluate/confusion.png"):
         (project / "plots" / png).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(project / "plots" / png)
@@ -63,7 +64,7 @@ def test_the_plots_page_draws_every_chart_with_the_network_cut(tmp_path, repo_ro
     dom = load_page(browser_path, page, screenshot=tmp_path / "page.png")
     # each Vega chart drew its marks; each PNG is on the page, one entry per plot
     assert dom.count('class="marks"') == VEGA_PLOTS
-    assert dom.count("<img") == 10
+    assert dom.count("<img") == 12  # the per-kind galleries' folder: one image each
     assert (tmp_path / "page.png").stat().st_size > 20_000
 
 

@@ -29,11 +29,11 @@ are those of ``occmap explain`` in one process (the same code: ``OcclusionEstima
 from __future__ import annotations
 
 import json
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Tuple  # noqa: UP035  (PySpark reads the UDF's hints: typing's form)
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd  # the UDF's type hints name it: PySpark resolves them in this module
@@ -113,10 +113,11 @@ def write_alert_files(folder: Path, images: np.ndarray, candids: np.ndarray,
     return written
 
 
-def ship_model(spark, keras_model) -> str:
-    """Save ``keras_model`` (the estimator's explainer) to a file of its own and ship it to
-    every executor (``SparkContext.addFile``); returns the name the UDF loads it by."""
-    folder = Path(tempfile.mkdtemp(prefix="occmap-alerts-"))
+def ship_model(spark, keras_model, folder: str | Path) -> str:
+    """Save ``keras_model`` (the estimator's explainer) to a file of its own in ``folder``
+    and ship it to every executor (``SparkContext.addFile``); returns the name the UDF
+    loads it by. The file must stay until the job ends (executors fetch it from there)."""
+    folder = Path(folder)
     # a name per job: a SparkContext refuses a name shipped twice, and workers cache by it
     shipped = folder / f"occmap-estimate-{uuid.uuid4().hex}.keras"
     keras_model.save(shipped)
@@ -266,4 +267,5 @@ def committed_files(out: str | Path) -> list[Path]:
             if line.strip():
                 status = json.loads(line)
                 files[status["path"]] = status.get("action", "add") == "add"
-    return [Path(path.removeprefix("file://")) for path, kept in files.items() if kept]
+    # the log holds URIs (file:///folder/part-....parquet, spaces as %20)
+    return [Path(unquote(urlparse(uri).path)) for uri, kept in files.items() if kept]

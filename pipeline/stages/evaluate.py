@@ -119,6 +119,9 @@ def main() -> None:
         _galleries(images, labels, exact, estimate, test.get("kind"), geometry.channels,
                    {"both": gallery_png, "real": real_png, "bogus": bogus_png,
                     "kinds": kinds_png})
+    _progress("galleries: one per kind of stamp")
+    _write_kind_galleries(out / "kinds", images, labels, exact, estimate, test.get("kind"),
+                          geometry.channels)
     _write_selective(out, figures.get("selective"))
     names += ["selective.csv", "selective.png"]
 
@@ -142,6 +145,7 @@ def main() -> None:
         mlflow.log_dict(figures, "evaluate.json")
         for name in names:
             mlflow.log_artifact(str(out / name))
+        mlflow.log_artifacts(str(out / "kinds"), "kinds")
     write_json(Path(paths.metrics_dir) / "evaluate.json", figures)
     head = figures["fidelity"]["headline"]
     print(f"evaluate: accuracy {figures['classifier']['accuracy']:.4f}; median r real "
@@ -174,6 +178,44 @@ def _galleries(images, labels, exact: dict, estimate, kinds, channels, pngs: dic
                                      title="test stamps: two of every kind of stamp",
                                      **common)
     figure.savefig(pngs["kinds"], format="png")
+
+
+def _write_kind_galleries(folder: Path, images, labels, exact: dict, estimate, kinds,
+                          channels) -> None:
+    """``folder``/<kind>.png: per kind of stamp (real, trail, cosmic ray, CCD defect, ...),
+    its worst and random maps (up to 8 rows; note.png instead where the data records no
+    kinds). Drawn in a temporary folder beside ``folder`` and swapped in whole, so a
+    failure leaves no partial set."""
+    import re
+    import shutil
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        if kinds is None:
+            plots.message_figure("no kinds of stamp: the data records none (the real HiTS "
+                                 "set)").savefig(temp / "note.png", format="png")
+        for kind in ([] if kinds is None else np.unique(kinds)):
+            chosen = np.flatnonzero(kinds == kind)
+            classes = tuple(sorted({int(v) for v in labels[chosen]}, reverse=True))
+            figure = plots.worst_and_random_gallery(
+                images[chosen], labels[chosen], exact["maps"][chosen], estimate[chosen],
+                f"test stamps of kind {kind} (n = {len(chosen)}): exact vs estimated maps, "
+                "worst and random", predicted=exact["target"][chosen],
+                probability=exact["base_prob"][chosen], channels=channels,
+                rows=max(min(8, len(chosen)), len(classes)), kinds=kinds[chosen],
+                classes=classes)
+            figure.savefig(temp / f"{re.sub(r'[^A-Za-z0-9_-]', '_', str(kind))}.png",
+                           format="png")
+            plt.close(figure)
+        if folder.exists():
+            shutil.rmtree(folder)
+        temp.rename(folder)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _selective(estimate, exact_maps, doubt, labels, cfg: EvaluateParams, speed: dict) -> dict:

@@ -244,7 +244,11 @@ def test_evaluate_stage_end_to_end(tiny_champion):
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion.png", "deletion.csv", "deletion.png", "fidelity_by_amplitude.csv",
         "gallery.png", "gallery_bogus.png", "gallery_by_kind.png", "gallery_real.png",
-        "selective.csv", "selective.png"]
+        "kinds", "selective.csv", "selective.png"]
+    # one gallery per kind of stamp the test split holds
+    with np.load(tmp_path / "data" / "prepared" / "test.npz") as npz:
+        kinds = set(npz["kind"].tolist())
+    assert {p.stem for p in (out / "kinds").iterdir()} == kinds
     # the amplitude bins are numbered, so that a chart sorting them as text keeps the order
     bins = [row.split(",")[0] for row in
             (out / "fidelity_by_amplitude.csv").read_text().splitlines()[1:]]
