@@ -375,7 +375,9 @@ def test_the_chain_runs_on_31x31_stamps_of_three_channels(chain_31x31x3, tmp_pat
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     version = client.get_model_version("occlusion-estimator", "1")
+    # both: an in-process occmap command of an earlier test may have set the registry's
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
     info = mlflow.models.get_model_info(version.source)
     assert info.signature.inputs.inputs[0].shape == (-1, 31, 31, 3)
     outputs = {spec.name: spec.shape for spec in info.signature.outputs.inputs}
