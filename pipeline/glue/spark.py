@@ -155,6 +155,10 @@ def cached_model(path: str, kind: str, settings: dict):
     for "exact" (the exact engine of the classifier under ``settings``, its chunk size)."""
     key = (path, kind)
     if key not in _LOADED:
+        # each job ships its model under a new name: keep only the newest of each kind, so a
+        # long-lived worker does not hold every model it ever ran
+        for stale in [k for k in _LOADED if k[1] == kind]:
+            del _LOADED[stale]
         _LOADED[key] = _load(path, kind, settings)
     return _LOADED[key]
 
