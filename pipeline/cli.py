@@ -672,7 +672,7 @@ def alerts_write(stamps: Path, out: Path, files: int, first_candid: int, prefix:
 
 
 @contextlib.contextmanager
-def _alert_job(model: str, master: str, tracking_uri: str | None):
+def _alert_job(model: str, master: str, tracking_uri: str | None, verbose: bool):
     """(spark, shipped model name, model shape, channel columns, pinned URI) for an alert
     job: the registered estimator loaded from its Keras file and shipped to executors
     (from a temporary folder, removed when the job ends)."""
@@ -695,7 +695,7 @@ def _alert_job(model: str, master: str, tracking_uri: str | None):
     if estimator.shape[-1] != len(HITS_CHANNELS):
         raise click.ClickException(f"{source}: explains stamps of {estimator.shape[-1]} "
                                    f"channels; alert columns are HiTS's {HITS_CHANNELS}")
-    spark = spark_session(master, app="occmap-alerts")
+    spark = spark_session(master, app="occmap-alerts", quiet=not verbose)
     with tempfile.TemporaryDirectory(prefix="occmap-alerts-") as folder:
         name = ship_model(spark, estimator.model, folder)
         yield (spark, name, estimator.shape, HITS_CHANNELS,
@@ -738,7 +738,7 @@ def alerts_explain(source: Path, out: Path, model: str, master: str,
     if out.exists():
         raise click.ClickException(f"{out}: already exists (explained alerts are written "
                                    "to a new folder)")
-    with _alert_job(model, master, tracking_uri) as (spark, name, shape, channels, pinned):
+    with _alert_job(model, master, tracking_uri, verbose) as (spark, name, shape, channels, pinned):
         try:
             count = explain_alerts(spark, str(source), str(out), name, shape, channels,
                                    allow_out_of_range, pinned)
@@ -777,7 +777,7 @@ def alerts_stream(source: Path, out: Path, checkpoint: Path, files_per_batch: in
 
     quiet_libraries(verbose)
     source.mkdir(parents=True, exist_ok=True)  # the folder alerts will arrive in
-    with _alert_job(model, master, tracking_uri) as (spark, name, shape, channels, pinned):
+    with _alert_job(model, master, tracking_uri, verbose) as (spark, name, shape, channels, pinned):
         # twin alerts' truth is carried through (null in a broker's alerts)
         query = stream_alerts(spark, str(source), str(out), str(checkpoint), name, shape,
                               channels, TWIN_SCHEMA, files_per_batch, available_now, poll,

@@ -37,9 +37,27 @@ ARROW_BATCH = 1024
 SCHEMA = "index long, maps array<array<float>>, target int, base_prob float, doubt float"
 
 
-def spark_session(master: str = DEFAULT_MASTER, app: str = "occmap"):
+# The driver JVM's log configuration unless verbose: errors only, so stderr holds
+# occmap's own lines (Spark's default profile prints its banner and WARN lines at start;
+# the repl logger at the root's level keeps Spark from announcing a "default log level").
+QUIET_LOG4J2 = """\
+rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.repl.name = org.apache.spark.repl.Main
+logger.repl.level = error
+"""
+
+
+def spark_session(master: str = DEFAULT_MASTER, app: str = "occmap", quiet: bool = True):
     """A SparkSession on ``master`` whose Python workers run this interpreter (the
-    project's venv), bound to 127.0.0.1, without the web UI, quiet below errors."""
+    project's venv), bound to 127.0.0.1, without the web UI; ``quiet``: the JVM logs
+    errors only, from its start (else Spark's default WARN level and banner). An active
+    session is reused as it is."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     import warnings
@@ -49,7 +67,16 @@ def spark_session(master: str = DEFAULT_MASTER, app: str = "occmap"):
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
     from pyspark.sql import SparkSession
 
-    spark = (SparkSession.builder.master(master).appName(app)
+    builder = SparkSession.builder
+    if quiet:
+        # read when the driver JVM starts (PySpark passes it to spark-submit): written
+        # once per user, the same text every time, so a concurrent writer is harmless
+        config = Path(tempfile.gettempdir()) / f"occmap-log4j2-{os.getuid()}.properties"
+        if not config.is_file() or config.read_text() != QUIET_LOG4J2:
+            config.write_text(QUIET_LOG4J2)
+        builder = builder.config("spark.driver.extraJavaOptions",
+                                 f"-Dlog4j2.configurationFile=file:{config}")
+    spark = (builder.master(master).appName(app)
              .config("spark.ui.enabled", "false")
              .config("spark.ui.showConsoleProgress", "false")  # no bars over occmap's lines
              .config("spark.driver.host", "127.0.0.1")
