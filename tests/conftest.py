@@ -388,3 +388,23 @@ def spark_ready():
     active = SparkSession.getActiveSession()
     if active is not None:
         active.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_uris_kept_per_module():
+    """MLflow's tracking and registry URIs as each test module found them, restored after
+    it: an in-process occmap command (CliRunner) sets them, as module globals and as the
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI variables that subprocesses inherit, and a
+    later module's client without an explicit registry would read another store."""
+    import mlflow.tracking._model_registry.utils as registry
+    import mlflow.tracking._tracking_service.utils as tracking
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = tracking._tracking_uri, registry._registry_uri, {n: os.environ.get(n) for n in names}
+    yield
+    tracking._tracking_uri, registry._registry_uri = saved[0], saved[1]
+    for name, value in saved[2].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
