@@ -217,6 +217,26 @@ def open_registry(uri: str, must_exist: bool = True) -> None:
     mlflow.set_registry_uri(uri)
 
 
+def registered_estimator(model: str, tracking_uri: str | None):
+    """(estimator, its URI as asked, its pinned ``models:/name/N``) for version or alias
+    ``model`` of the registered estimator in the store ``tracking_uri`` (default: the
+    project's), loaded from its Keras file; a ``ClickException`` saying why otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.glue.pyfunc import load_registered_explainer
+
+    uri = tracking_uri or default_store()
+    open_registry(uri)
+    source = model_uri(ESTIMATOR_NAME, model)
+    try:
+        estimator, version = load_registered_explainer(ESTIMATOR_NAME, model)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    except MlflowException as err:
+        raise cannot_load(source, uri, err) from None
+    return estimator, source, f"models:/{ESTIMATOR_NAME}/{version.version}"
+
+
 def cannot_load(source: str, uri: str, err) -> click.ClickException:
     """The one-line error for a registered model that MLflow cannot give."""
     return click.ClickException(
@@ -533,21 +553,10 @@ def serve(model: str, host: str, port: int, max_stamps: int, max_request_mb: flo
     """
     quiet_libraries(verbose)
     import uvicorn
-    from mlflow.exceptions import MlflowException
 
     from pipeline.glue import serving
-    from pipeline.glue.pyfunc import load_registered_explainer
 
-    uri = tracking_uri or default_store()
-    open_registry(uri)
-    source = model_uri(ESTIMATOR_NAME, model)
-    try:
-        estimator, version = load_registered_explainer(ESTIMATOR_NAME, model)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
-    except MlflowException as err:
-        raise cannot_load(source, uri, err) from None
-    pinned = f"models:/{ESTIMATOR_NAME}/{version.version}"
+    estimator, source, pinned = registered_estimator(model, tracking_uri)
     app = serving.make_app(estimator, pinned, max_stamps, int(max_request_mb * 2**20))
     click.echo(f"occmap serve: {source} ({pinned}) on http://{host}:{port}, at most "
                f"{max_stamps} stamps / {max_request_mb:g} MiB per request")
@@ -676,30 +685,18 @@ def _alert_job(model: str, master: str, tracking_uri: str | None, verbose: bool)
     """(spark, shipped model name, model shape, channel columns, pinned URI) for an alert
     job: the registered estimator loaded from its Keras file and shipped to executors
     (from a temporary folder, removed when the job ends)."""
-    from mlflow.exceptions import MlflowException
-
     from pipeline.core.geometry import HITS_CHANNELS
     from pipeline.glue.alerts import ship_model
-    from pipeline.glue.pyfunc import load_registered_explainer
     from pipeline.glue.spark import spark_session
 
-    uri = tracking_uri or default_store()
-    open_registry(uri)
-    source = model_uri(ESTIMATOR_NAME, model)
-    try:
-        estimator, version = load_registered_explainer(ESTIMATOR_NAME, model)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
-    except MlflowException as err:
-        raise cannot_load(source, uri, err) from None
+    estimator, source, pinned = registered_estimator(model, tracking_uri)
     if estimator.shape[-1] != len(HITS_CHANNELS):
         raise click.ClickException(f"{source}: explains stamps of {estimator.shape[-1]} "
                                    f"channels; alert columns are HiTS's {HITS_CHANNELS}")
     spark = spark_session(master, app="occmap-alerts", quiet=not verbose)
     with tempfile.TemporaryDirectory(prefix="occmap-alerts-") as folder:
         name = ship_model(spark, estimator.model, folder)
-        yield (spark, name, estimator.shape, HITS_CHANNELS,
-               f"models:/{ESTIMATOR_NAME}/{version.version}")
+        yield spark, name, estimator.shape, HITS_CHANNELS, pinned
 
 
 def _alert_options(command):
