@@ -674,8 +674,11 @@ def alerts_write(stamps: Path, out: Path, files: int, first_candid: int, prefix:
     extra = twin_columns(arrays["labels"][:count] if "labels" in arrays else None,
                          arrays["kind"][:count] if "kind" in arrays else None)
     candids = np.arange(first_candid, first_candid + count, dtype=np.int64)
-    written = write_alert_files(out, images, candids, HITS_CHANNELS, min(files, count),
-                                prefix, extra)
+    try:
+        written = write_alert_files(out, images, candids, HITS_CHANNELS, min(files, count),
+                                    prefix, extra)
+    except FileExistsError as err:
+        raise click.ClickException(str(err)) from None
     click.echo(f"occmap alerts: {count} alerts (candid {candids[0]}..{candids[-1]}) in "
                f"{len(written)} file(s) -> {out}")
 

@@ -81,6 +81,9 @@ def test_the_science_module_adds_the_maps_of_one_process(spark_ready, twin, tmp_
     assert written.exit_code == 0, written.output
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
         "alerts-000.parquet", "alerts-001.parquet"]
+    again = _occmap(env, "alerts", "write", stamps, "--out", tmp_path / "raw", "--files", 2)
+    assert again.exit_code != 0 and "alerts-000.parquet, alerts-001.parquet already there" \
+        in again.output
     result = _occmap(env, "alerts", "explain", tmp_path / "raw", "--out", tmp_path / "science",
                      "--master", "local[2]")
     assert result.exit_code == 0, result.output

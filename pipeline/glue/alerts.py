@@ -94,10 +94,16 @@ def write_alert_files(folder: Path, images: np.ndarray, candids: np.ndarray,
     """The alerts cut into ``files`` Parquet files ``folder/<prefix>-NNN.parquet`` (in
     order, about equal sizes). Each file is written under a hidden name (Spark's file
     source skips names starting with ".") and renamed whole, so a streaming job watching
-    ``folder`` never reads half a file."""
+    ``folder`` never reads half a file. ``FileExistsError`` before writing anything when a
+    file of that name is there (a stream that read it would not read it again)."""
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
+    taken = [p.name for p in (folder / f"{prefix}-{n:03d}.parquet" for n in range(files))
+             if p.exists()]
+    if taken:
+        raise FileExistsError(f"{folder}: {', '.join(taken)} already there (a stream that "
+                              f"read them would not read them again): choose another prefix")
     written = []
     for number, rows in enumerate(np.array_split(np.arange(len(images)), files)):
         table = alerts_table(images[rows], candids[rows], channels,
