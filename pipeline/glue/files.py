@@ -58,8 +58,7 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
             os.close(fd)
             temps.append(Path(name))
         yield temps
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = _umask()
         for temp, final in zip(temps, finals, strict=True):
             if temp.is_file():  # mkstemp makes 0600 files; outputs get the usual mode
                 os.chmod(temp, 0o666 & ~umask)
@@ -69,9 +68,40 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
             temp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``target`` (named as ``atomic_paths``'
+    files, so ``remove_stale_temps`` finds it after a kill); when the block succeeds it
+    replaces ``target`` whole, else it is deleted and ``target`` stays as it was."""
+    import shutil
+
+    final = Path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final.parent)
+    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp",
+                                 dir=final.parent))
+    try:
+        yield temp
+        os.chmod(temp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temp, final)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def remove_stale_temps(directory: str | Path, recursive: bool = False) -> list[Path]:
-    """Delete the temporary files of ``atomic_paths`` in ``directory`` (and below, with
-    ``recursive``) whose process is gone: what a killed writer left. Returns them."""
+    """Delete the temporary files and folders of ``atomic_paths`` / ``atomic_folder`` in
+    ``directory`` (and below, with ``recursive``) whose process is gone: what a killed
+    writer left. Returns them."""
+    import shutil
+
     from pipeline.glue.processes import pid_alive
 
     directory = Path(directory)
@@ -80,8 +110,13 @@ def remove_stale_temps(directory: str | Path, recursive: bool = False) -> list[P
     removed = []
     for path in directory.rglob(".*") if recursive else directory.glob(".*"):
         match = TEMP_NAME.match(path.name)
-        if match and path.is_file() and not pid_alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
+        if match and not pid_alive(int(match["pid"])):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file():
+                path.unlink(missing_ok=True)
+            else:
+                continue
             removed.append(path)
     return removed
 

@@ -31,7 +31,14 @@ from pipeline.glue.artifacts import (
     registered_version,
     stamp_geometry,
 )
-from pipeline.glue.files import atomic_paths, load_params, run_stage, write_csv, write_json
+from pipeline.glue.files import (
+    atomic_folder,
+    atomic_paths,
+    load_params,
+    run_stage,
+    write_csv,
+    write_json,
+)
 
 SNR_EDGES = (-50.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0, 50.0)
 METHODS = ("exact", "estimate", "class_mean", "random")
@@ -187,14 +194,10 @@ def _write_kind_galleries(folder: Path, images, labels, exact: dict, estimate, k
     kinds). Drawn in a temporary folder beside ``folder`` and swapped in whole, so a
     failure leaves no partial set."""
     import re
-    import shutil
-    import tempfile
 
     import matplotlib.pyplot as plt
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as temp:
         if kinds is None:
             plots.message_figure("no kinds of stamp: the data records none (the real HiTS "
                                  "set)").savefig(temp / "note.png", format="png")
@@ -211,11 +214,6 @@ def _write_kind_galleries(folder: Path, images, labels, exact: dict, estimate, k
             figure.savefig(temp / f"{re.sub(r'[^A-Za-z0-9_-]', '_', str(kind))}.png",
                            format="png")
             plt.close(figure)
-        if folder.exists():
-            shutil.rmtree(folder)
-        temp.rename(folder)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _selective(estimate, exact_maps, doubt, labels, cfg: EvaluateParams, speed: dict) -> dict:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
-from pipeline.glue.files import atomic_paths, load_params, write_json
+from pipeline.glue.files import atomic_folder, atomic_paths, load_params, write_json
 
 
 def test_load_params_errors(tmp_path):
@@ -40,3 +43,29 @@ def test_write_json(tmp_path):
 
 
 # --- the generic section parser -------------------------------------------------------------
+
+
+def test_atomic_folder_swaps_in_whole_or_leaves_the_old_one(tmp_path):
+    target = tmp_path / "kinds"
+    target.mkdir()
+    (target / "old.png").write_text("old")
+    with pytest.raises(RuntimeError), atomic_folder(target) as temp:
+        (temp / "new.png").write_text("new")
+        raise RuntimeError("drawing failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["kinds"]  # no temporary folder left
+    assert [p.name for p in target.iterdir()] == ["old.png"]
+    with atomic_folder(target) as temp:
+        (temp / "new.png").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["kinds"]
+    assert [p.name for p in target.iterdir()] == ["new.png"]
+
+
+def test_a_killed_writers_temporary_folder_is_removed_at_the_next_start(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".kinds.{dead}.abcd1234.tmp"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "half.png").write_text("half")
+    with atomic_folder(tmp_path / "kinds") as temp:
+        (temp / "new.png").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kinds"]
