@@ -37,11 +37,13 @@ ARROW_BATCH = 1024
 SCHEMA = "index long, maps array<array<float>>, target int, base_prob float, doubt float"
 
 
-# The driver JVM's log configuration unless verbose: errors only, so stderr holds
-# occmap's own lines (Spark's default profile prints its banner and WARN lines at start;
-# the repl logger at the root's level keeps Spark from announcing a "default log level").
+# The driver JVM's log configuration unless verbose: nothing, so stderr holds occmap's own
+# lines (Spark's default profile prints its banner and WARN lines at start, and a failed
+# task's stack trace three times at ERROR; the failure reaches Python as an exception whose
+# executor line occmap prints). The repl logger is set to keep Spark from announcing a
+# "default log level".
 QUIET_LOG4J2 = """\
-rootLogger.level = error
+rootLogger.level = off
 rootLogger.appenderRef.stderr.ref = console
 appender.console.type = Console
 appender.console.name = console
@@ -49,15 +51,15 @@ appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
 logger.repl.name = org.apache.spark.repl.Main
-logger.repl.level = error
+logger.repl.level = off
 """
 
 
 def spark_session(master: str = DEFAULT_MASTER, app: str = "occmap", quiet: bool = True):
     """A SparkSession on ``master`` whose Python workers run this interpreter (the
     project's venv), bound to 127.0.0.1, without the web UI; ``quiet``: the JVM logs
-    errors only, from its start (else Spark's default WARN level and banner). An active
-    session is reused as it is."""
+    nothing from its start (failures still raise; else Spark's default WARN level and
+    banner). An active session is reused as it is."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     import warnings
@@ -85,7 +87,8 @@ def spark_session(master: str = DEFAULT_MASTER, app: str = "occmap", quiet: bool
              .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH))
              .config("spark.python.worker.reuse", "true")
              .getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
+    # quiet: nothing (a failure still raises, carrying the executor's line); else errors
+    spark.sparkContext.setLogLevel("OFF" if quiet else "ERROR")
     return spark
 
 
