@@ -54,7 +54,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.glue.files import atomic_paths
+from pipeline.glue.files import atomic_paths, write_json
 from pipeline.glue.processes import start_time
 from pipeline.services import free_port
 
@@ -129,7 +129,7 @@ def start(folder: Path = DEFAULT_FOLDER, workers: int = 2, worker_cores: int = 1
             state = _read_json(folder / "cluster.json")
             cluster = Cluster(folder, free_port(state.get("port")),
                               free_port(state.get("webui_port")))
-            _write_json(folder / "cluster.json", {"port": cluster.port,
+            write_json(folder / "cluster.json", {"port": cluster.port,
                                                   "webui_port": cluster.webui_port})
             started.append(("master", _launch(cluster, "master", [
                 MASTER_CLASS, "--host", HOST, "--port", str(cluster.port),
@@ -365,11 +365,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return {}
-
-
-def _write_json(path: Path, value: dict) -> None:
-    with atomic_paths(path) as (temp,):
-        temp.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
